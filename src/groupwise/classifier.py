@@ -1,0 +1,113 @@
+"""The LightningModule: any ``nn.Module`` net, cross-entropy, accuracy, named param groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from groupwise.param_groups import build_param_groups, describe, format_table
+
+
+class Classifier(LightningModule):
+    """Image classifier whose optimizer has named parameter groups.
+
+    Batches are ``(images, labels)`` with images already normalised floats (the
+    DataModule's ``on_after_batch_transfer`` does that on the device).
+
+    Args:
+        net: the network, any ``torch.nn.Module`` mapping images to logits.
+        optimizer: the optimizer class and its defaults (YAML ``class_path`` /
+            ``init_args``); called here with the built parameter groups.
+        scheduler: the learning-rate scheduler, stepped once per epoch; ``None`` for none.
+        param_groups: group rules, tried in order (see ``groupwise.param_groups``).
+            Parameters no rule matches go to the group ``default``.
+        no_decay_split: put each group's biases and norm parameters into
+            ``<name>.no_decay`` with weight decay 0.
+        num_classes: number of classes (the net's output size).
+        label_smoothing: cross-entropy label smoothing, 0 for none.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        scheduler: LRSchedulerCallable | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
+        no_decay_split: bool = False,
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.param_groups = param_groups or []
+        self.no_decay_split = no_decay_split
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        images, labels = batch
+        logits = self(images)
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"the net returned logits of shape {tuple(logits.shape)}; expected "
+                f"(batch, {self.num_classes}): set the net's number of classes to "
+                f"model.num_classes={self.num_classes}"
+            )
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), logits, labels
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        loss, logits, labels = self._loss(batch)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        self._evaluate(batch, "test", self.test_acc)
+
+    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+        loss, logits, labels = self._loss(batch)
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", loss, sync_dist=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, prog_bar=True)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        """Class probabilities for each image."""
+        return self(batch[0]).softmax(dim=-1)
+
+    def configure_optimizers(self) -> Any:
+        # The optimizer's defaults as configured (lr, momentum, ...) decide which options a
+        # group may set and the base lr of ``lr_scale``: read them off a throwaway instance.
+        defaults = self.optimizer([torch.zeros(1, requires_grad=True)]).defaults
+        groups = build_param_groups(self.net, self.param_groups, defaults, self.no_decay_split)
+        optimizer = self.optimizer(groups)
+        rank_zero_info(
+            f"{type(optimizer).__name__} parameter groups:\n"
+            + format_table(describe(optimizer.param_groups, defaults))
+        )
+        if self.scheduler is None:
+            return optimizer
+        scheduler = self.scheduler(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

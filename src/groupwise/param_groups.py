@@ -1,0 +1,270 @@
+"""Turn a model plus a YAML description of parameter groups into optimizer param groups.
+
+Pure function, no Lightning import: `build_param_groups(model, rules, defaults)` returns
+the list of dicts that any `torch.optim.Optimizer` takes, each with a ``name`` key (which
+Lightning's ``LearningRateMonitor`` uses for its tags, e.g. ``lr-SGD/features``).
+
+A rule is a dict as written in YAML::
+
+    {"name": "classifier", "modules": ["classifier"], "params": ["fc.*"], "lr_scale": 10.0,
+     "weight_decay": 0.0, ...any other option the optimizer takes}
+
+Semantics:
+- rules are tried in the order written; a parameter goes to the first rule that matches it
+  (by submodule prefix in ``modules`` or by ``fnmatch`` pattern on its name in ``params``);
+- trainable parameters no rule matches go to the group ``default`` (optimizer defaults);
+- frozen parameters (``requires_grad=False``) are left out;
+- ``lr_scale`` is resolved here into an absolute ``lr`` (defaults' lr times the scale), so no
+  group carries a key that the optimizer or scheduler would silently ignore;
+- with ``no_decay_split`` each group's biases and norm parameters (``ndim <= 1``, as timm and
+  nanoGPT do) go to ``<name>.no_decay`` with ``weight_decay=0``;
+- no empty group is returned, and every trainable parameter is in exactly one group.
+
+Errors (``ParamGroupError``, a ``ValueError``) name the bad value and what would be valid:
+a rule that matches no parameter, an unknown module name, a duplicate or reserved group
+name, an option the optimizer does not take, ``lr`` together with ``lr_scale``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+DEFAULT_GROUP = "default"
+NO_DECAY_SUFFIX = ".no_decay"
+# Keys of a rule that select parameters or name the group; every other key is an option.
+RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale"})
+NO_DECAY_OPTIONS = {"weight_decay": 0.0}
+
+
+class ParamGroupError(ValueError):
+    """A parameter-group description that cannot be applied to the model."""
+
+
+def build_param_groups(
+    model: nn.Module,
+    rules: Sequence[Mapping[str, Any]] | None,
+    defaults: Mapping[str, Any],
+    no_decay_split: bool = False,
+) -> list[dict[str, Any]]:
+    """Build named optimizer param groups for ``model`` from ``rules``.
+
+    Args:
+        model: the network whose parameters are grouped; names are relative to it.
+        rules: group descriptions in priority order (see the module docstring).
+        defaults: the optimizer's defaults (``optimizer.defaults``): the options a group
+            may set, and the base ``lr`` that ``lr_scale`` multiplies.
+        no_decay_split: move biases and norm parameters of each group to
+            ``<name>.no_decay`` with ``weight_decay=0``.
+
+    Returns:
+        A list of dicts with ``name``, ``params`` and the group's own options.
+    """
+    rules = list(rules or [])
+    _check_names(rules)
+    if no_decay_split and "weight_decay" not in defaults:
+        raise ParamGroupError(
+            f"no_decay_split needs an optimizer with a weight_decay option; this one takes "
+            f"{sorted(defaults)}"
+        )
+    options = [_group_options(rule, defaults) for rule in rules]
+    prefixes = [_module_prefixes(model, rule) for rule in rules]
+
+    assigned: list[list[tuple[str, nn.Parameter]]] = [[] for _ in rules]
+    unmatched: list[tuple[str, nn.Parameter]] = []
+    frozen_hits = [0] * len(rules)
+    for pname, param in model.named_parameters():
+        index = next(
+            (i for i, rule in enumerate(rules) if _matches(pname, prefixes[i], rule)), None
+        )
+        if index is None:
+            if param.requires_grad:
+                unmatched.append((pname, param))
+        elif param.requires_grad:
+            assigned[index].append((pname, param))
+        else:
+            frozen_hits[index] += 1
+
+    groups: list[dict[str, Any]] = []
+    for rule, opts, members, frozen in zip(rules, options, assigned, frozen_hits, strict=True):
+        if not members and not frozen:
+            raise ParamGroupError(
+                f"parameter group {rule['name']!r} matches no parameter "
+                f"(modules={list(rule.get('modules', []))}, params={list(rule.get('params', []))});"
+                f" parameter names look like {_examples(model)}"
+            )
+        if not members:
+            warnings.warn(
+                f"parameter group {rule['name']!r} matches only frozen parameters; "
+                "it is left out of the optimizer",
+                stacklevel=2,
+            )
+        groups += _split(rule["name"], members, opts, no_decay_split)
+    groups += _split(DEFAULT_GROUP, unmatched, {}, no_decay_split)
+    _check_partition(model, groups)
+    return groups
+
+
+def _check_names(rules: Sequence[Mapping[str, Any]]) -> None:
+    seen: set[str] = set()
+    for position, rule in enumerate(rules):
+        name = rule.get("name")
+        if not isinstance(name, str) or not name:
+            raise ParamGroupError(f"parameter group #{position} needs a non-empty 'name': {rule}")
+        if name == DEFAULT_GROUP or name.endswith(NO_DECAY_SUFFIX):
+            raise ParamGroupError(
+                f"parameter group name {name!r} is reserved: {DEFAULT_GROUP!r} holds the "
+                f"parameters no rule matches and '<name>{NO_DECAY_SUFFIX}' the no-decay half"
+            )
+        if name in seen:
+            raise ParamGroupError(
+                f"duplicate parameter group name {name!r}; names so far: {sorted(seen)}"
+            )
+        seen.add(name)
+        if not rule.get("modules") and not rule.get("params"):
+            raise ParamGroupError(
+                f"parameter group {name!r} selects nothing: give 'modules' (dotted submodule "
+                "names) and/or 'params' (fnmatch patterns on parameter names)"
+            )
+        for key in ("modules", "params"):
+            value = rule.get(key, [])
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise ParamGroupError(
+                    f"parameter group {name!r}: {key!r} must be a list of strings, got {value!r}"
+                )
+
+
+def _group_options(rule: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer options a rule sets, with ``lr_scale`` resolved to ``lr``."""
+    opts = {key: value for key, value in rule.items() if key not in RULE_KEYS}
+    unknown = sorted(set(opts) - set(defaults))
+    if unknown:
+        raise ParamGroupError(
+            f"parameter group {rule['name']!r} sets {unknown}, which the optimizer does not "
+            f"take; valid options: {sorted(defaults)}"
+        )
+    if "lr_scale" in rule:
+        if "lr" in rule:
+            raise ParamGroupError(
+                f"parameter group {rule['name']!r} sets both 'lr' and 'lr_scale'; give one"
+            )
+        opts["lr"] = defaults["lr"] * float(rule["lr_scale"])
+    return opts
+
+
+def _module_prefixes(model: nn.Module, rule: Mapping[str, Any]) -> list[str]:
+    names = dict(model.named_modules())
+    prefixes = []
+    for module_name in rule.get("modules", []):
+        if module_name not in names:
+            raise ParamGroupError(
+                f"parameter group {rule['name']!r}: unknown module {module_name!r}; "
+                f"modules that exist: {_module_listing(names)}"
+            )
+        prefixes.append(f"{module_name}." if module_name else "")
+    return prefixes
+
+
+def _module_listing(names: Iterable[str], max_depth: int = 2) -> list[str]:
+    """Module names up to ``max_depth`` dots deep: all a user needs to pick a rule."""
+    return [name for name in names if name and name.count(".") < max_depth]
+
+
+def _matches(pname: str, prefixes: Sequence[str], rule: Mapping[str, Any]) -> bool:
+    return any(pname.startswith(prefix) for prefix in prefixes) or any(
+        fnmatch.fnmatchcase(pname, pattern) for pattern in rule.get("params", [])
+    )
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and norm weights (any parameter of at most one dimension)."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def _split(
+    name: str,
+    members: list[tuple[str, nn.Parameter]],
+    options: Mapping[str, Any],
+    no_decay_split: bool,
+) -> list[dict[str, Any]]:
+    """One or two groups (decay / no-decay halves) for a rule's parameters, none empty."""
+    if not no_decay_split:
+        halves = [(name, members, {})]
+    else:
+        halves = [
+            (name, [m for m in members if not is_no_decay(*m)], {}),
+            (name + NO_DECAY_SUFFIX, [m for m in members if is_no_decay(*m)], NO_DECAY_OPTIONS),
+        ]
+    return [
+        {"name": group_name, "params": [p for _, p in params], **options, **override}
+        for group_name, params, override in halves
+        if params
+    ]
+
+
+def _check_partition(model: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
+    """Every trainable parameter in exactly one group, checked by identity."""
+    seen: dict[int, str] = {}
+    for group in groups:
+        for param in group["params"]:
+            if id(param) in seen:
+                raise AssertionError(
+                    f"a parameter is in both {seen[id(param)]!r} and {group['name']!r}"
+                )
+            seen[id(param)] = group["name"]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise AssertionError(f"trainable parameters in no group: {missing}")
+
+
+def _examples(model: nn.Module, count: int = 5) -> list[str]:
+    return [name for name, _ in model.named_parameters()][:count]
+
+
+def describe(
+    param_groups: Sequence[Mapping[str, Any]], defaults: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per optimizer group: name, tensors, parameters, lr, weight decay, momentum
+    (where the optimizer has them) and every other option that differs from the defaults."""
+    shown = [key for key in ("lr", "weight_decay", "momentum", "betas") if key in defaults]
+    shown += sorted(
+        {
+            key
+            for group in param_groups
+            for key, value in group.items()
+            if key not in (*shown, "name", "params") and value != defaults.get(key)
+        }
+    )
+    return [
+        {
+            "name": group.get("name", f"pg{index}"),
+            "tensors": len(group["params"]),
+            "parameters": sum(p.numel() for p in group["params"]),
+            **{key: group.get(key) for key in shown},
+        }
+        for index, group in enumerate(param_groups)
+    ]
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of equal keys as a fixed-width text table."""
+    if not rows:
+        return "(no groups)"
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = [columns, ["-" * w for w in widths], *cells]
+    padded = ("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in lines)
+    return "\n".join(line.rstrip() for line in padded)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
