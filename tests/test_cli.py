@@ -1,0 +1,176 @@
+"""The `groupwise` command end to end, on fabricated CIFAR-shaped data, read as a user reads it."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_cifar import write_image_folder
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from groupwise.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET = str(ROOT / "configs" / "lenet.yaml")
+RESNET18 = str(ROOT / "configs" / "resnet18.yaml")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """80 training images (8 per class) and 20 test images, image-folder layout."""
+    root = tmp_path_factory.mktemp("cifar")
+    return write_image_folder(root, n_per_class=8, with_test=True)
+
+
+def quick(data_dir: Path, root: Path, *extra: str) -> list[str]:
+    """Arguments for a small CPU run: 60 train / 20 val images in batches of 20."""
+    return [
+        "--data.data_dir", str(data_dir),
+        "--data.val_size", "20",
+        "--data.batch_size", "20",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.log_every_n_steps", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a TensorBoard run as (step, value) pairs, via tensorboard's reader."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_fit_logs_each_group_lr_halved_at_each_milestone(data_dir, tmp_path):
+    """A user runs the console script and reads every group's lr in TensorBoard."""
+    args = quick(
+        data_dir,
+        tmp_path,
+        "--trainer.max_epochs", "3",
+        "--model.optimizer.init_args.lr", "0.01",
+        "--model.scheduler.init_args.milestones", "[1, 2]",
+        "--model.scheduler.init_args.gamma", "0.5",
+    )  # fmt: skip
+    groupwise = Path(sys.executable).with_name("groupwise")
+    done = subprocess.run(
+        [str(groupwise), "fit", "--config", LENET, *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    tags = scalars(run_dir)
+    steps = [0, 3, 6]  # 3 optimizer steps per epoch; logged at each epoch's start
+    f32 = lambda values: [float(torch.tensor(v, dtype=torch.float32)) for v in values]  # noqa: E731
+    assert tags["lr-SGD/features"] == list(zip(steps, f32([0.01, 0.005, 0.0025]), strict=True))
+    assert tags["lr-SGD/classifier"] == list(zip(steps, f32([0.1, 0.05, 0.025]), strict=True))
+    assert tags["lr-SGD/features-momentum"] == list(zip(steps, f32([0.9] * 3), strict=True))
+    assert tags["lr-SGD/classifier-weight_decay"] == list(zip(steps, f32([5e-4] * 3), strict=True))
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"} <= set(tags)
+    assert len(tags["val/acc"]) == 3 and len(tags["train/acc"]) == 3
+    # The group table is printed before training.
+    assert re.search(r"features\s+4\s+2,872\s+0.01\s+0.0005\s+0.9\n", done.stdout + done.stderr)
+    # What the run leaves for the user: its full config and the checkpoints.
+    assert (run_dir / "config.yaml").is_file()
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
+    assert checkpoints[0].startswith("epoch") and "-acc0." in checkpoints[0]
+
+
+def test_validate_and_test_a_checkpoint(data_dir, tmp_path):
+    fit = main(["fit", "--config", LENET, *quick(data_dir, tmp_path, "--trainer.max_epochs", "2")])
+    checkpoint = fit.trainer.checkpoint_callback
+    best_score = float(checkpoint.best_model_score)
+
+    validate = main(
+        ["validate", "--config", LENET, *quick(data_dir, tmp_path)]
+        + ["--ckpt_path", checkpoint.best_model_path]
+    )
+    # Validating the best checkpoint reproduces the score it was kept for.
+    assert float(validate.trainer.callback_metrics["val/acc"]) == pytest.approx(best_score)
+
+    test = main(["test", "--config", LENET, *quick(data_dir, tmp_path), "--ckpt_path", "last"])
+    accuracy = float(test.trainer.callback_metrics["test/acc"])
+    # 20 test images: accuracy is a multiple of 1/20.
+    assert accuracy * 20 == pytest.approx(round(accuracy * 20))
+    assert "test/loss" in test.trainer.callback_metrics
+
+
+@pytest.mark.parametrize(
+    ("config", "groups"),
+    [
+        (LENET, ["features", "classifier"]),
+        (RESNET18, ["backbone", "backbone.no_decay", "head", "head.no_decay"]),
+    ],
+)
+def test_every_shipped_config_builds_and_steps(data_dir, tmp_path, config, groups):
+    cli = main(
+        ["fit", "--config", config, *quick(data_dir, tmp_path, "--trainer.fast_dev_run", "1")]
+    )
+    optimizer = cli.trainer.optimizers[0]
+    assert [g["name"] for g in optimizer.param_groups] == groups
+    (scheduler_config,) = cli.trainer.lr_scheduler_configs
+    assert scheduler_config.interval == "epoch"
+    assert isinstance(scheduler_config.scheduler, torch.optim.lr_scheduler.MultiStepLR)
+    assert cli.trainer.global_step == 1
+
+
+def test_torchvision_model_as_net(data_dir, tmp_path):
+    net = '{"class_path": "torchvision.models.resnet18", "init_args": {"num_classes": 10}}'
+    groups = '[{"name": "head", "modules": ["fc"], "lr_scale": 10}]'
+    cli = main(
+        ["fit", "--config", LENET]
+        + quick(data_dir, tmp_path, "--trainer.fast_dev_run", "1")
+        + ["--model.net", net, "--model.param_groups", groups]
+    )
+    head, default = cli.trainer.optimizers[0].param_groups
+    assert (head["name"], len(head["params"]), head["lr"]) == ("head", 2, 0.05)
+    assert (default["name"], len(default["params"]), default["lr"]) == ("default", 60, 0.005)
+
+
+def test_lbfgs_closure_optimizer_trains(data_dir, tmp_path):
+    """LBFGS takes one group and a closure; Lightning passes the closure, the loss falls."""
+    args = quick(data_dir, tmp_path, "--trainer.max_epochs", "4")
+    args += ["--model.param_groups", "[]", "--model.scheduler", "null"]
+    args += ["--model.optimizer", "torch.optim.LBFGS", "--model.optimizer.init_args.lr", "0.5"]
+    cli = main(["fit", "--config", LENET, *args])
+    (group,) = cli.trainer.optimizers[0].param_groups
+    assert group["name"] == "default"
+    losses = [value for _, value in scalars(Path(cli.trainer.log_dir))["train/loss"]]
+    assert len(losses) == 12  # 3 steps x 4 epochs
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_print_config_shows_groups_and_default_callbacks(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", LENET, "--print_config"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    for expected in (
+        "param_groups:",
+        "- name: features",
+        "lr_scale: 10.0",
+        "class_path: torch.optim.lr_scheduler.MultiStepLR",
+        "monitor: val/acc",
+        "logging_interval: epoch",
+    ):
+        assert expected in printed
+
+
+def test_unknown_group_module_is_a_clear_error_before_training(data_dir, tmp_path):
+    groups = '[{"name": "convs", "modules": ["convs"]}]'
+    with pytest.raises(ValueError, match=r"unknown module 'convs'; modules that exist: \["):
+        main(["fit", "--config", LENET, *quick(data_dir, tmp_path), "--model.param_groups", groups])
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run(
+        [sys.executable, "-m", "groupwise", "--help"], capture_output=True, text=True, check=True
+    )
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in done.stdout
