@@ -1,0 +1,83 @@
+"""Augmentation and normalisation of whole uint8 image batches (N, C, H, W), on any device.
+
+torchvision's ``RandomCrop`` and ``RandomHorizontalFlip`` draw one random choice per
+call, so on a batch they crop or flip every image the same way; per-image randomness
+needs one call per image (a Python loop). These functions draw one choice per image
+and apply them all in a few tensor ops, which is what makes batched augmentation on
+the model's device cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+
+def _check_batch(images: torch.Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"expected a batch of shape (N, C, H, W), got {tuple(images.shape)}")
+
+
+def _randint(
+    high: int, n: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """n integers in [0, high), drawn on the generator's device, returned on ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(high, (n,), generator=generator, device=gen_device).to(device)
+
+
+def random_crop(
+    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pad each image by ``padding`` on all sides and crop back to (H, W) at an
+    independent random offset per image (like torchvision's ``RandomCrop(size, padding)``,
+    applied image by image).
+
+    The offset of image i is ``(dy[i], dx[i])`` with both uniform in ``[0, 2 * padding]``,
+    drawn as ``dy = randint(2p+1, (N,))`` then ``dx = randint(2p+1, (N,))`` from
+    ``generator``; output pixel (y, x) is padded pixel (y + dy, x + dx).
+    """
+    _check_batch(images)
+    if padding == 0:
+        return images
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))  # zeros, any dtype
+    hp, wp = h + 2 * padding, w + 2 * padding
+    dy = _randint(2 * padding + 1, n, images.device, generator)
+    dx = _randint(2 * padding + 1, n, images.device, generator)
+    rows = dy[:, None] + torch.arange(h, device=images.device)  # (N, H)
+    cols = dx[:, None] + torch.arange(w, device=images.device)  # (N, W)
+    flat_index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
+    out = padded.view(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
+    return out.view(n, c, h, w)
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image left-right independently with probability 0.5.
+
+    Image i is flipped where ``rand(N)[i] < 0.5`` (one draw per image from ``generator``).
+    """
+    _check_batch(images)
+    gen_device = generator.device if generator is not None else images.device
+    flip = torch.rand(len(images), generator=generator, device=gen_device).to(images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel.
+
+    Same arithmetic as torchvision's ``ToDtype(float32, scale=True)`` then ``Normalize``.
+    """
+    _check_batch(images)
+    scaled = TF.to_dtype(images, torch.float32, scale=True)
+    return TF.normalize(scaled, mean=list(mean), std=list(std))

@@ -1,0 +1,200 @@
+"""CIFAR-10 as a LightningDataModule: whole splits in memory as uint8, batched augmentation.
+
+Files on disk are decoded once (and cached) by :mod:`groupwise.cifar10_files`. Loaders
+hand out ``(uint8 images N x 3 x 32 x 32, int64 labels)`` batches, one tensor index per
+batch; random crop, flip and normalisation run on the whole batch on the model's
+device in ``on_after_batch_transfer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, normalize, random_crop, random_hflip
+from groupwise.cifar10_files import (
+    CIFAR10NotFoundError,
+    Split,
+    ensure_data,
+    has_split,
+    load_split,
+    read_classes,
+)
+
+
+class BatchTensorDataset(TensorDataset):
+    """A ``TensorDataset`` whose batches are fetched with one index operation.
+
+    ``TensorDataset`` lacks ``__getitems__``, so the DataLoader's fetcher would index it
+    once per sample and ``default_collate`` would stack 128 small tensors per batch.
+    With ``__getitems__`` the fetcher passes the whole batch's index list at once
+    (torch/utils/data/_utils/fetch.py) and :func:`pass_through_collate` returns it as is.
+    """
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return tuple(t[index] for t in self.tensors)
+
+
+def pass_through_collate(batch: Any) -> Any:
+    """Collate for :class:`BatchTensorDataset`: the batch is already stacked."""
+    return batch
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 from the official python batches or an image folder, held in memory.
+
+    Args:
+        data_dir: Directory holding ``cifar-10-batches-py/`` (official python layout) or
+            ``train/<class>/*.png|jpg|jpeg`` with optional ``test/<class>/*`` (image-folder
+            layout; classes in sorted order). The decode cache goes to
+            ``<data_dir>/.groupwise_cache/``.
+        download: Download the official archive into ``data_dir`` when neither layout is
+            there (needs network).
+        val_size: Number of training images held out for validation (0 for none).
+        batch_size: Images per batch, for every loader.
+        num_workers: DataLoader worker processes; 0 (load in the main process) is fastest
+            here, since a batch is one tensor index.
+        seed: Seed of the train/validation split only (not of shuffling or augmentation).
+        augment: Random crop (zero padding 4) and horizontal flip of training batches.
+        cache: Cache the decoded images in ``<data_dir>/.groupwise_cache/``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = True,
+        val_size: int = 5000,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = True,
+        cache: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.download = download
+        self.val_size = val_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.augment = augment
+        self.cache = cache
+        self.train_set: BatchTensorDataset | None = None
+        self.val_set: BatchTensorDataset | None = None
+        self.test_set: BatchTensorDataset | None = None
+        self.train_indices: torch.Tensor | None = None  # into the training split
+        self.val_indices: torch.Tensor | None = None
+        self._classes: list[str] | None = None
+
+    # ---- what the data is --------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label order. Before ``setup`` they are read from the files'
+        layout without decoding (the official names when nothing is downloaded yet)."""
+        if self._classes is None:
+            return read_classes(self.data_dir)
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (10 for CIFAR-10)."""
+        return len(self.classes)
+
+    # ---- Lightning's data hooks --------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Download if needed, then decode each split once into the cache."""
+        ensure_data(self.data_dir, self.download)
+        if self.cache:
+            for split in ("train", "test"):
+                if has_split(self.data_dir, split):
+                    load_split(self.data_dir, split, cache=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tensors (from the cache) for ``stage`` and split off validation."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self._setup_train(load_split(self.data_dir, "train", cache=self.cache))
+        if stage in (None, "test", "predict") and self.test_set is None:
+            if stage is None and not has_split(self.data_dir, "test"):
+                return
+            try:
+                test = load_split(self.data_dir, "test", cache=self.cache)
+            except CIFAR10NotFoundError as e:
+                raise CIFAR10NotFoundError(
+                    f"`{stage}` needs a test split. {e} Validate on the held-out"
+                    " training images instead (`validate`), or add the test split."
+                ) from e
+            self._classes = self._classes or test.classes
+            self.test_set = BatchTensorDataset(test.images, test.labels)
+
+    def _setup_train(self, split: Split) -> None:
+        n = len(split.labels)
+        if not 0 <= self.val_size < n:
+            raise ValueError(
+                f"val_size must be in [0, {n}) for {n} training images, got {self.val_size}"
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        perm = torch.randperm(n, generator=generator)
+        # sorted: gathers in memory order; the train loader shuffles anyway
+        self.val_indices = perm[: self.val_size].sort().values
+        self.train_indices = perm[self.val_size :].sort().values
+        self._classes = split.classes
+        self.train_set = BatchTensorDataset(
+            split.images[self.train_indices], split.labels[self.train_indices]
+        )
+        self.val_set = BatchTensorDataset(
+            split.images[self.val_indices], split.labels[self.val_indices]
+        )
+
+    def _loader(self, dataset: BatchTensorDataset | None, stage: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup({stage!r}) before asking for its dataloader")
+        # a plain DataLoader with a plain sampler, so Lightning can swap in a
+        # DistributedSampler under DDP; drop_last=False keeps every image
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=pass_through_collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "validate", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "predict", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment (training only) and normalise the uint8 images, already on the device.
+
+        Lightning calls the DataModule's override of this hook in place of the
+        LightningModule's. A bare tensor (e.g. a model's ``example_input_array`` on its
+        way to the model summary) is treated as the images; float images pass unchanged.
+        """
+        if isinstance(batch, torch.Tensor):
+            return self._transform(batch)
+        images, labels = batch
+        return self._transform(images), labels
+
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images = random_hflip(random_crop(images, padding=4))
+        return normalize(images, CIFAR10_MEAN, CIFAR10_STD)

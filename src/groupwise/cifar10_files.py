@@ -1,0 +1,399 @@
+"""CIFAR-10 on disk -> uint8 tensors: layout detection, download, decoding and the decode cache.
+
+Two layouts are read under a data directory:
+
+1. the *python* layout, ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1..5``,
+   ``test_batch``, ``batches.meta``), as in the official ``cifar-10-python.tar.gz``;
+2. the *image-folder* layout, ``<data_dir>/train/<class>/*.png|jpg|jpeg`` with an
+   optional ``<data_dir>/test/<class>/*``; classes in sorted order.
+
+A split is decoded once into ``images`` (N, 3, 32, 32) uint8 and ``labels`` (N,) int64
+and cached in ``<data_dir>/.groupwise_cache/<split>.pt``, keyed by a fingerprint of the
+source files (relative path, size and mtime of each), so editing the source rebuilds it.
+
+torchvision's ``CIFAR10`` reads only the python layout and ``ImageFolder`` decodes every
+image on every access with PIL; neither gives the whole split as one tensor or caches
+the decode. This module does that, and uses torchvision for the download and decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+Layout = Literal["python", "image_folder"]
+SplitName = Literal["train", "test"]
+
+PYTHON_DIR = "cifar-10-batches-py"
+PYTHON_FILES: dict[str, tuple[str, ...]] = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+PYTHON_META = "batches.meta"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+CACHE_DIR = ".groupwise_cache"
+CACHE_FORMAT = 1  # bump when the cached payload changes meaning
+IMAGE_SHAPE = (3, 32, 32)
+
+
+class CIFAR10NotFoundError(FileNotFoundError):
+    """No CIFAR-10 data (or not the requested split) where it was looked for."""
+
+
+class CIFAR10DownloadError(RuntimeError):
+    """Downloading or checking the official archive failed."""
+
+
+class CIFAR10FileError(ValueError):
+    """A source file is unreadable, corrupt or has the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One decoded split: ``images`` (N, 3, 32, 32) uint8, ``labels`` (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+
+def layouts_help(data_dir: Path) -> str:
+    """The accepted layouts and how to get the data, for error messages."""
+    return (
+        f"Accepted layouts under {data_dir}:\n"
+        f"  1. python layout: {data_dir / PYTHON_DIR}/ (data_batch_1..5, test_batch,"
+        " batches.meta), as in the official cifar-10-python.tar.gz;\n"
+        f"  2. image-folder layout: {data_dir / 'train'}/<class>/*.png|jpg|jpeg, optionally"
+        f" {data_dir / 'test'}/<class>/*; classes in sorted order.\n"
+        "To get the data: set download: true (needs network) to fetch the official archive"
+        f" into {data_dir}, or extract an archive there yourself, e.g."
+        " `tar xzf cifar10-jpeg-train.tar.gz -C data` gives data/cifar10-jpeg/train/...,"
+        " then set data_dir: data/cifar10-jpeg."
+    )
+
+
+def detect_layout(data_dir: str | os.PathLike) -> Layout | None:
+    """The layout present in ``data_dir``: python first, then image folder; None if neither."""
+    data_dir = Path(data_dir)
+    if (data_dir / PYTHON_DIR).is_dir():
+        return "python"
+    if (data_dir / "train").is_dir():
+        return "image_folder"
+    return None
+
+
+def download_cifar10(data_dir: str | os.PathLike) -> None:
+    """Download the official ``cifar-10-python.tar.gz`` into ``data_dir``, check its md5
+    and extract it to ``data_dir/cifar-10-batches-py``, with torchvision's own machinery
+    (URL and checksum from ``torchvision.datasets.CIFAR10``)."""
+    # CIFAR10(root, download=True) would also load the whole training set and md5-check
+    # each batch file; downloading the archive it names is all we need here.
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    data_dir = Path(data_dir)
+    archive = data_dir / CIFAR10.filename
+    try:
+        download_and_extract_archive(
+            CIFAR10.url, str(data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
+        )
+    except Exception as e:  # URLError, OSError, RuntimeError, tarfile errors...
+        if archive.exists() and not check_integrity(str(archive), CIFAR10.tgz_md5):
+            archive.unlink()  # a truncated or wrong file would only confuse the next try
+            reason = f"the file's md5 checksum is not {CIFAR10.tgz_md5} (removed it)"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        raise CIFAR10DownloadError(
+            f"Downloading CIFAR-10 from {CIFAR10.url} into {data_dir} failed: {reason}.\n"
+            + layouts_help(data_dir)
+        ) from e
+    if detect_layout(data_dir) != "python":
+        raise CIFAR10DownloadError(
+            f"{archive} was downloaded and extracted but {data_dir / PYTHON_DIR} is missing.\n"
+            + layouts_help(data_dir)
+        )
+
+
+def ensure_data(data_dir: str | os.PathLike, download: bool) -> Layout:
+    """Detect the layout in ``data_dir``; download the python layout if there is none and
+    ``download`` is set; raise ``CIFAR10NotFoundError`` if there is still none."""
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    if layout is not None:
+        return layout
+    if not download:
+        raise CIFAR10NotFoundError(
+            f"No CIFAR-10 data found in {data_dir} (download is off).\n" + layouts_help(data_dir)
+        )
+    download_cifar10(data_dir)
+    return "python"
+
+
+# ---- listing and fingerprints ---------------------------------------------------------
+
+
+def _image_folder_classes(split_dir: Path) -> list[str]:
+    return sorted(
+        e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
+    )
+
+
+def _list_image_folder(
+    split_dir: Path, classes: Sequence[str]
+) -> tuple[list[str], list[int], list[tuple[int, int]]]:
+    """Relative paths (``<class>/<file>``), labels and (size, mtime_ns) of the images in
+    ``split_dir``, class by class in ``classes`` order, files in sorted name order (the
+    order torchvision's ImageFolder uses). Only direct children of class dirs are read."""
+    rel_paths: list[str] = []
+    labels: list[int] = []
+    stats: list[tuple[int, int]] = []
+    for label, cls in enumerate(classes):
+        # os.scandir + DirEntry.stat is ~2x faster than pathlib for 50,000 files
+        with os.scandir(split_dir / cls) as it:
+            entries = sorted(
+                (e for e in it if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()),
+                key=lambda e: e.name,
+            )
+        if not entries:
+            raise CIFAR10NotFoundError(
+                f"No images ({'|'.join(IMAGE_EXTENSIONS)}) in class directory {split_dir / cls}"
+            )
+        for e in entries:
+            st = e.stat()
+            rel_paths.append(f"{cls}/{e.name}")
+            labels.append(label)
+            stats.append((st.st_size, st.st_mtime_ns))
+    return rel_paths, labels, stats
+
+
+def _fingerprint(layout: Layout, split: str, entries: Sequence[tuple[str, int, int]]) -> str:
+    """sha256 of the layout, split and every (relative path, size, mtime_ns)."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{layout}|{split}\n".encode())
+    h.update("\n".join(f"{p}|{s}|{m}" for p, s, m in entries).encode())
+    return h.hexdigest()
+
+
+# ---- decoding -----------------------------------------------------------------------------
+
+
+def decode_images(paths: Sequence[Path]) -> torch.Tensor:
+    """Decode image files to one uint8 tensor (N, 3, 32, 32), RGB.
+
+    Raises ``CIFAR10FileError`` naming the file if one cannot be read or decoded or is
+    not 32x32.
+    """
+    out = torch.empty((len(paths), *IMAGE_SHAPE), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        try:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+            image = decode_image(data, mode=ImageReadMode.RGB)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise CIFAR10FileError(f"Cannot read image {path}: {e}") from e
+        if tuple(image.shape) != IMAGE_SHAPE:
+            raise CIFAR10FileError(
+                f"Image {path} is {image.shape[-2]}x{image.shape[-1]} (HxW); CIFAR-10 images"
+                " must be 32x32"
+            )
+        out[i] = image
+    return out
+
+
+def _unpickle(path: Path) -> dict[str, object]:
+    """Load an official CIFAR batch file; keys as str whichever Python wrote it."""
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="bytes")  # the official format is a pickle
+    except FileNotFoundError as e:
+        raise CIFAR10NotFoundError(f"Missing CIFAR-10 batch file {path}") from e
+    except Exception as e:
+        raise CIFAR10FileError(f"Cannot read CIFAR-10 batch file {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise CIFAR10FileError(f"{path} does not hold a dict; not a CIFAR-10 batch file")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def read_python_split(data_dir: Path, split: SplitName) -> Split:
+    """Read a split of the python layout (no cache)."""
+    base = Path(data_dir) / PYTHON_DIR
+    images, labels = [], []
+    for name in PYTHON_FILES[split]:
+        batch = _unpickle(base / name)
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+        except KeyError as e:
+            raise CIFAR10FileError(f"{base / name} has no {e} entry") from e
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
+            raise CIFAR10FileError(
+                f"{base / name}: expected data of shape (N, 3072) and N labels, got"
+                f" {data.shape} and {len(batch_labels)}"
+            )
+        images.append(torch.from_numpy(data.reshape(-1, *IMAGE_SHAPE)))
+        labels.append(torch.from_numpy(batch_labels))
+    return Split(torch.cat(images), torch.cat(labels), read_classes(data_dir))
+
+
+# ---- the cache ------------------------------------------------------------------------------
+
+
+def cache_path(data_dir: str | os.PathLike, split: str) -> Path:
+    """Where the decoded ``split`` of ``data_dir`` is cached."""
+    return Path(data_dir) / CACHE_DIR / f"{split}.pt"
+
+
+def _read_cache(path: Path, fingerprint: str) -> Split | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated or foreign file: rebuild it
+        warnings.warn(f"Ignoring unreadable CIFAR-10 cache {path}: {e}", stacklevel=3)
+        return None
+    if payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint:
+        return None
+    return Split(payload["images"], payload["labels"], list(payload["classes"]))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_cache(path: Path, fingerprint: str, split: Split) -> None:
+    """Write atomically (temp file in the same dir, then ``os.replace``); a read-only data
+    dir only costs a warning."""
+    payload = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "images": split.images,
+        "labels": split.labels,
+        "classes": split.classes,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        warnings.warn(f"Could not write CIFAR-10 cache {path}: {e}", stacklevel=3)
+
+
+# ---- the entry point ------------------------------------------------------------------------
+
+
+def has_split(data_dir: str | os.PathLike, split: SplitName) -> bool:
+    """Whether ``split`` exists in the layout present in ``data_dir``."""
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    if layout == "python":
+        return (data_dir / PYTHON_DIR / PYTHON_FILES[split][0]).is_file()
+    if layout == "image_folder":
+        return (data_dir / split).is_dir()
+    return False
+
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def read_classes(data_dir: str | os.PathLike) -> list[str]:
+    """Class names of the data in ``data_dir`` without decoding anything: the python
+    layout's ``batches.meta``, or the sorted class dirs of ``train/``; the official
+    CIFAR-10 names when there is no data yet (what a download would bring)."""
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    if layout == "python":
+        meta = _unpickle(data_dir / PYTHON_DIR / PYTHON_META)
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in meta["label_names"]]
+    if layout == "image_folder":
+        return _image_folder_classes(data_dir / "train")
+    return list(CIFAR10_CLASSES)
+
+
+def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True) -> Split:
+    """Decoded ``split`` ("train" or "test") of the data in ``data_dir``.
+
+    With ``cache``, reads ``<data_dir>/.groupwise_cache/<split>.pt`` when its
+    fingerprint matches the source, else decodes and (re)writes it.
+    """
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    if layout is None:
+        raise CIFAR10NotFoundError(
+            f"No CIFAR-10 data found in {data_dir}.\n" + layouts_help(data_dir)
+        )
+    if not has_split(data_dir, split):
+        where = (
+            data_dir / PYTHON_DIR / PYTHON_FILES[split][0]
+            if layout == "python"
+            else data_dir / split / "<class>" / "*"
+        )
+        raise CIFAR10NotFoundError(
+            f"The CIFAR-10 data in {data_dir} ({layout} layout) has no {split} split:"
+            f" expected {where}."
+        )
+
+    if layout == "python":
+        base = data_dir / PYTHON_DIR
+        names = (*PYTHON_FILES[split], PYTHON_META)
+        entries = []
+        for name in names:
+            try:
+                st = (base / name).stat()
+            except FileNotFoundError as e:
+                raise CIFAR10NotFoundError(f"Missing CIFAR-10 batch file {base / name}") from e
+            entries.append((name, st.st_size, st.st_mtime_ns))
+    else:
+        split_dir = data_dir / split
+        classes = _image_folder_classes(split_dir)
+        if split == "test":
+            train_classes = _image_folder_classes(data_dir / "train")
+            if classes != train_classes:
+                raise CIFAR10FileError(
+                    f"Class directories of {split_dir} {classes} differ from those of"
+                    f" {data_dir / 'train'} {train_classes}; they must be the same."
+                )
+        rel_paths, labels, stats = _list_image_folder(split_dir, classes)
+        entries = [(p, s, m) for p, (s, m) in zip(rel_paths, stats, strict=True)]
+
+    fingerprint = _fingerprint(layout, split, entries)
+    path = cache_path(data_dir, split)
+    if cache and (hit := _read_cache(path, fingerprint)) is not None:
+        return hit
+
+    if layout == "python":
+        result = read_python_split(data_dir, split)
+    else:
+        images = decode_images([split_dir / p for p in rel_paths])
+        result = Split(images, torch.tensor(labels, dtype=torch.int64), classes)
+    if cache:
+        _write_cache(path, fingerprint, result)
+    return result
