@@ -13,7 +13,7 @@ source files (relative path, size and mtime of each), so editing the source rebu
 
 torchvision's ``CIFAR10`` reads only the python layout and ``ImageFolder`` decodes every
 image on every access with PIL; neither gives the whole split as one tensor or caches
-the decode. This module does that, and uses torchvision for the download and decoding.
+the decode. This module does that, and uses torchvision for the download.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 Layout = Literal["python", "image_folder"]
 SplitName = Literal["train", "test"]
@@ -188,25 +188,27 @@ def _fingerprint(layout: Layout, split: str, entries: Sequence[tuple[str, int, i
 
 
 def decode_images(paths: Sequence[Path]) -> torch.Tensor:
-    """Decode image files to one uint8 tensor (N, 3, 32, 32), RGB.
+    """Decode image files to one uint8 tensor (N, 3, 32, 32), RGB, with Pillow.
 
     Raises ``CIFAR10FileError`` naming the file if one cannot be read or decoded or is
     not 32x32.
     """
-    out = torch.empty((len(paths), *IMAGE_SHAPE), dtype=torch.uint8)
+    # Pillow, not torchvision.io.decode_image: that is ~3x faster here (1.6 s vs 5.6 s
+    # for the 50,000 JPEGs) but deprecated since torchvision 0.29, and this runs once.
+    out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-            image = decode_image(data, mode=ImageReadMode.RGB)
-        except (OSError, RuntimeError, ValueError) as e:
+            with Image.open(path) as image:
+                size = image.size
+                if size == (32, 32):
+                    out[i] = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError
             raise CIFAR10FileError(f"Cannot read image {path}: {e}") from e
-        if tuple(image.shape) != IMAGE_SHAPE:
+        if size != (32, 32):
             raise CIFAR10FileError(
-                f"Image {path} is {image.shape[-2]}x{image.shape[-1]} (HxW); CIFAR-10 images"
-                " must be 32x32"
+                f"Image {path} is {size[1]}x{size[0]} (HxW); CIFAR-10 images must be 32x32"
             )
-        out[i] = image
-    return out
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def _unpickle(path: Path) -> dict[str, object]:

@@ -1,0 +1,114 @@
+"""Batched crop, flip and normalisation: exact outputs for known inputs and known draws."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from groupwise.batch_augment import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    normalize,
+    random_crop,
+    random_hflip,
+)
+
+
+def numbered_images(n: int, c: int = 3, h: int = 32, w: int = 32) -> torch.Tensor:
+    """uint8 images whose pixels are all non-zero (1..255), so zeros can only be padding."""
+    return (torch.arange(n * c * h * w) % 255 + 1).to(torch.uint8).view(n, c, h, w)
+
+
+def test_random_crop_tiny_image_by_hand():
+    image = torch.tensor([[[[1, 2], [3, 4]]]], dtype=torch.uint8)  # 1 x 1 x 2 x 2
+    batch = image.repeat(200, 1, 1, 1)
+    out = random_crop(batch, padding=1, generator=torch.Generator().manual_seed(0))
+    # offset (dy, dx) in [0, 2]: output pixel (y, x) = padded pixel (y + dy, x + dx)
+    expected = {
+        (0, 0): [[0, 0], [0, 1]],
+        (0, 1): [[0, 0], [1, 2]],
+        (0, 2): [[0, 0], [2, 0]],
+        (1, 0): [[0, 1], [0, 3]],
+        (1, 1): [[1, 2], [3, 4]],
+        (1, 2): [[2, 0], [4, 0]],
+        (2, 0): [[0, 3], [0, 0]],
+        (2, 1): [[3, 4], [0, 0]],
+        (2, 2): [[4, 0], [0, 0]],
+    }
+    replay = torch.Generator().manual_seed(0)
+    dy = torch.randint(3, (200,), generator=replay)
+    dx = torch.randint(3, (200,), generator=replay)
+    for i in range(200):
+        want = torch.tensor(expected[(int(dy[i]), int(dx[i]))], dtype=torch.uint8)
+        assert torch.equal(out[i, 0], want), (i, int(dy[i]), int(dx[i]))
+    # every offset occurs, each image drew its own
+    assert len({(int(a), int(b)) for a, b in zip(dy, dx, strict=True)}) == 9
+
+
+def test_random_crop_matches_per_image_shift_with_zero_padding():
+    images = numbered_images(64)
+    out = random_crop(images, padding=4, generator=torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)
+    dy = torch.randint(9, (64,), generator=replay) - 4  # shift of the source window
+    dx = torch.randint(9, (64,), generator=replay) - 4
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    for i in range(64):
+        want = torch.zeros(3, 32, 32, dtype=torch.uint8)
+        sy, sx = int(dy[i]), int(dx[i])
+        # out[y, x] = images[y + sy, x + sx] where that is inside the image, else 0
+        ys, xs = slice(max(0, -sy), min(32, 32 - sy)), slice(max(0, -sx), min(32, 32 - sx))
+        src_ys = slice(ys.start + sy, ys.stop + sy)
+        src_xs = slice(xs.start + sx, xs.stop + sx)
+        want[:, ys, xs] = images[i, :, src_ys, src_xs]
+        assert torch.equal(out[i], want), i
+        assert int((out[i] == 0).sum()) == 3 * (32 * 32 - (32 - abs(sy)) * (32 - abs(sx)))
+
+
+def test_random_crop_padding_zero_is_identity():
+    images = numbered_images(4)
+    assert torch.equal(random_crop(images, padding=0), images)
+
+
+def test_random_hflip_flips_exactly_the_drawn_images():
+    image = torch.tensor([[[[1, 2, 3], [4, 5, 6]]]], dtype=torch.uint8)
+    batch = torch.cat([image, image + 10] * 50)
+    out = random_hflip(batch, generator=torch.Generator().manual_seed(1))
+    flip = torch.rand(100, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert 0 < int(flip.sum()) < 100
+    for i in range(100):
+        base = 0 if i % 2 == 0 else 10
+        want = [[3, 2, 1], [6, 5, 4]] if flip[i] else [[1, 2, 3], [4, 5, 6]]
+        assert out[i, 0].tolist() == [[v + base for v in row] for row in want]
+
+
+def test_crop_and_flip_draw_fresh_offsets_each_call():
+    images = numbered_images(32)
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(random_crop(images, generator=g), random_crop(images, generator=g))
+
+
+def test_normalize_exact_values():
+    images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    out = normalize(images)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 2, 2)
+    mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
+    want = (torch.tensor([0.0, 1.0, 0.2]) - mean) / std
+    torch.testing.assert_close(out[0, :, 0, 0], want)
+    torch.testing.assert_close(out[0, 0], torch.full((2, 2), -0.4914 / 0.2470))
+    assert torch.equal(out[0], out[1])
+
+
+def test_normalize_matches_torchvision_totensor_normalize_per_image():
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    reference = T.Compose([T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    want = torch.stack([reference(Image.fromarray(x)) for x in hwc])
+    got = normalize(torch.from_numpy(hwc).permute(0, 3, 1, 2), CIFAR10_MEAN, CIFAR10_STD)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("fn", [random_crop, random_hflip, normalize])
+def test_rejects_a_single_image(fn):
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        fn(torch.zeros(3, 32, 32, dtype=torch.uint8))
