@@ -258,7 +258,9 @@ def _read_cache(path: Path, fingerprint: str) -> Split | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, weights_only=True)
+        # mmap: nothing is read until used, so checking the fingerprint is free and the
+        # caller copies out only the rows it indexes
+        payload = torch.load(path, weights_only=True, mmap=True)
     except Exception as e:  # truncated or foreign file: rebuild it
         warnings.warn(f"Ignoring unreadable CIFAR-10 cache {path}: {e}", stacklevel=3)
         return None
@@ -344,7 +346,8 @@ def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True
     """Decoded ``split`` ("train" or "test") of the data in ``data_dir``.
 
     With ``cache``, reads ``<data_dir>/.groupwise_cache/<split>.pt`` when its
-    fingerprint matches the source, else decodes and (re)writes it.
+    fingerprint matches the source, else decodes and (re)writes it. Tensors read from
+    the cache are memory-mapped copy-on-write: writing to them never changes the file.
     """
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
