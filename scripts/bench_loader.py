@@ -1,0 +1,155 @@
+"""Benchmark the CIFAR-10 DataModule against torchvision's ImageFolder pipeline.
+
+Run from the repository root:
+
+    .venv/bin/python scripts/bench_loader.py --data-dir data/cifar10-jpeg
+
+If ``--data-dir`` is missing and the shared archive exists, it is extracted first.
+Measures, on the image-folder JPEGs:
+
+* cold start: cache deleted, ``prepare_data()`` + ``setup("fit")`` (decode + write cache);
+* cached start: the same with the cache in place (median of ``--cached-runs``);
+  each start runs in a fresh process and excludes the interpreter's imports;
+* images/s over one training epoch of (a) this template's loader + the DataModule's
+  batched crop/flip/normalize (``on_after_batch_transfer`` as in training), median of
+  ``--epochs``; (b) torchvision ``ImageFolder`` with per-sample ``RandomCrop(32, 4)``,
+  ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` and ``DataLoader(num_workers=2)``
+  over the same training images (worker start-up included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+
+
+def timed_start(data_dir: Path) -> float:
+    """Seconds from DataModule construction through ``setup("fit")``."""
+    from groupwise.cifar10 import CIFAR10DataModule
+
+    start = time.perf_counter()
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) > 0
+    return time.perf_counter() - start
+
+
+def start_in_fresh_process(data_dir: Path) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--data-dir", str(data_dir), "--start-once"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def template_images_per_s(data_dir: Path, batch_size: int, epochs: int) -> float:
+    from groupwise.cifar10 import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, batch_size=batch_size)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(training=True)  # what the hook reads: augment as in training
+    rates = []
+    for _ in range(epochs):
+        n, start = 0, time.perf_counter()
+        for batch in dm.train_dataloader():
+            images, labels = dm.on_after_batch_transfer(batch, 0)
+            n += len(labels)
+        rates.append(n / (time.perf_counter() - start))
+    assert images.dtype.is_floating_point
+    return statistics.median(rates)
+
+
+def torchvision_images_per_s(data_dir: Path, batch_size: int, workers: int) -> float:
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD
+    from groupwise.cifar10 import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
+    dm.setup("fit")  # the same 45,000 training images
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ]
+    )
+    dataset = Subset(ImageFolder(str(data_dir / "train"), transform), dm.train_indices.tolist())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    n, start = 0, time.perf_counter()
+    for batch in loader:
+        n += len(batch[1])
+    assert batch[0].dtype == torch.float32
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data/cifar10-jpeg"))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--cached-runs", type=int, default=5, help="fresh processes, median")
+    parser.add_argument("--epochs", type=int, default=3, help="template epochs, median")
+    parser.add_argument("--baseline-workers", type=int, default=2)
+    parser.add_argument("--start-once", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data_dir: Path = args.data_dir
+
+    if args.start_once:  # child process of start_in_fresh_process
+        print(timed_start(data_dir))
+        return
+
+    if not data_dir.exists():
+        if not ARCHIVE.is_file():
+            sys.exit(f"{data_dir} does not exist and there is no archive at {ARCHIVE}")
+        from torchvision.datasets.utils import extract_archive
+
+        print(f"extracting {ARCHIVE} into {data_dir.parent} ...", flush=True)
+        extract_archive(str(ARCHIVE), str(data_dir.parent))  # gives cifar10-jpeg/train/...
+    if not (data_dir / "train").is_dir():
+        sys.exit(f"no {data_dir / 'train'}: the benchmark needs the image-folder layout")
+
+    shutil.rmtree(data_dir / ".groupwise_cache", ignore_errors=True)
+    cold = start_in_fresh_process(data_dir)
+    cached = [start_in_fresh_process(data_dir) for _ in range(args.cached_runs)]
+    ours = template_images_per_s(data_dir, args.batch_size, args.epochs)
+    baseline = torchvision_images_per_s(data_dir, args.batch_size, args.baseline_workers)
+
+    rows = [
+        ("cold start (decode + write cache)", f"{cold:.2f} s"),
+        (f"cached start (median of {len(cached)})", f"{statistics.median(cached):.2f} s"),
+        (
+            f"template loader + batched augment, {args.epochs} epochs median",
+            f"{ours:,.0f} img/s",
+        ),
+        (
+            f"ImageFolder + per-sample transforms, {args.baseline_workers} workers",
+            f"{baseline:,.0f} img/s",
+        ),
+        ("ratio template / ImageFolder", f"{ours / baseline:.1f}x"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{data_dir}, batch size {args.batch_size}, start = prepare_data() + setup('fit')")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>14}")
+    print(f"cached starts: {', '.join(f'{t:.2f}' for t in cached)} s")
+
+
+if __name__ == "__main__":
+    main()
