@@ -10,7 +10,9 @@ import torch
 from fake_cifar import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from groupwise.cli import main
+from groupwise.classifier import Classifier
+from groupwise.cli import run
+from groupwise.nets import LeNet5
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = str(ROOT / "configs" / "lenet.yaml")
@@ -83,22 +85,31 @@ def test_fit_logs_each_group_lr_halved_at_each_milestone(data_dir, tmp_path):
 
 
 def test_validate_and_test_a_checkpoint(data_dir, tmp_path):
-    fit = main(["fit", "--config", LENET, *quick(data_dir, tmp_path, "--trainer.max_epochs", "2")])
+    fit = run(["fit", "--config", LENET, *quick(data_dir, tmp_path, "--trainer.max_epochs", "2")])
     checkpoint = fit.trainer.checkpoint_callback
+    last = str(Path(checkpoint.dirpath) / "last.ckpt")
+    # last.ckpt is the final epoch even when val/acc did not improve in it.
+    assert torch.load(last, weights_only=True)["global_step"] == fit.trainer.global_step == 6
     best_score = float(checkpoint.best_model_score)
 
-    validate = main(
+    validate = run(
         ["validate", "--config", LENET, *quick(data_dir, tmp_path)]
         + ["--ckpt_path", checkpoint.best_model_path]
     )
     # Validating the best checkpoint reproduces the score it was kept for.
     assert float(validate.trainer.callback_metrics["val/acc"]) == pytest.approx(best_score)
 
-    test = main(["test", "--config", LENET, *quick(data_dir, tmp_path), "--ckpt_path", "last"])
+    test = run(["test", "--config", LENET, *quick(data_dir, tmp_path), "--ckpt_path", last])
     accuracy = float(test.trainer.callback_metrics["test/acc"])
     # 20 test images: accuracy is a multiple of 1/20.
     assert accuracy * 20 == pytest.approx(round(accuracy * 20))
     assert "test/loss" in test.trainer.callback_metrics
+
+    # A checkpoint written by the CLI rebuilds its net from the saved config alone.
+    restored = Classifier.load_from_checkpoint(last)
+    assert isinstance(restored.net, LeNet5)
+    trained = fit.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in restored.state_dict().items())
 
 
 @pytest.mark.parametrize(
@@ -109,7 +120,7 @@ def test_validate_and_test_a_checkpoint(data_dir, tmp_path):
     ],
 )
 def test_every_shipped_config_builds_and_steps(data_dir, tmp_path, config, groups):
-    cli = main(
+    cli = run(
         ["fit", "--config", config, *quick(data_dir, tmp_path, "--trainer.fast_dev_run", "1")]
     )
     optimizer = cli.trainer.optimizers[0]
@@ -123,7 +134,7 @@ def test_every_shipped_config_builds_and_steps(data_dir, tmp_path, config, group
 def test_torchvision_model_as_net(data_dir, tmp_path):
     net = '{"class_path": "torchvision.models.resnet18", "init_args": {"num_classes": 10}}'
     groups = '[{"name": "head", "modules": ["fc"], "lr_scale": 10}]'
-    cli = main(
+    cli = run(
         ["fit", "--config", LENET]
         + quick(data_dir, tmp_path, "--trainer.fast_dev_run", "1")
         + ["--model.net", net, "--model.param_groups", groups]
@@ -134,21 +145,27 @@ def test_torchvision_model_as_net(data_dir, tmp_path):
 
 
 def test_lbfgs_closure_optimizer_trains(data_dir, tmp_path):
-    """LBFGS takes one group and a closure; Lightning passes the closure, the loss falls."""
-    args = quick(data_dir, tmp_path, "--trainer.max_epochs", "4")
+    """LBFGS takes one group and a closure; Lightning passes the closure, the loss falls.
+
+    LBFGS is a full-batch method: the 60 training images form one batch, unaugmented.
+    """
+    args = quick(data_dir, tmp_path, "--trainer.max_epochs", "5")
+    args += ["--data.batch_size", "60", "--data.augment", "false"]
     args += ["--model.param_groups", "[]", "--model.scheduler", "null"]
-    args += ["--model.optimizer", "torch.optim.LBFGS", "--model.optimizer.init_args.lr", "0.5"]
-    cli = main(["fit", "--config", LENET, *args])
+    args += ["--model.optimizer", "torch.optim.LBFGS", "--model.optimizer.init_args.lr", "1"]
+    args += ["--model.optimizer.init_args.max_iter", "5"]
+    args += ["--model.optimizer.init_args.line_search_fn", "strong_wolfe"]
+    cli = run(["fit", "--config", LENET, *args])
     (group,) = cli.trainer.optimizers[0].param_groups
     assert group["name"] == "default"
     losses = [value for _, value in scalars(Path(cli.trainer.log_dir))["train/loss"]]
-    assert len(losses) == 12  # 3 steps x 4 epochs
+    assert len(losses) == 5  # one step per epoch
     assert losses[-1] < 0.5 * losses[0]
 
 
 def test_print_config_shows_groups_and_default_callbacks(capsys):
     with pytest.raises(SystemExit) as stop:
-        main(["fit", "--config", LENET, "--print_config"])
+        run(["fit", "--config", LENET, "--print_config"])
     assert stop.value.code == 0
     printed = capsys.readouterr().out
     for expected in (
@@ -165,7 +182,7 @@ def test_print_config_shows_groups_and_default_callbacks(capsys):
 def test_unknown_group_module_is_a_clear_error_before_training(data_dir, tmp_path):
     groups = '[{"name": "convs", "modules": ["convs"]}]'
     with pytest.raises(ValueError, match=r"unknown module 'convs'; modules that exist: \["):
-        main(["fit", "--config", LENET, *quick(data_dir, tmp_path), "--model.param_groups", groups])
+        run(["fit", "--config", LENET, *quick(data_dir, tmp_path), "--model.param_groups", groups])
 
 
 def test_python_dash_m_runs_the_cli():

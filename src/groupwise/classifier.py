@@ -45,7 +45,9 @@ class Classifier(LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        # Under LightningCLI the saved hparams are the config (class paths and init args),
+        # so ``Classifier.load_from_checkpoint(path)`` rebuilds the net with no arguments.
+        self.save_hyperparameters()
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler

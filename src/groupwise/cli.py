@@ -4,17 +4,23 @@ Lightning's ``LightningCLI`` does the parsing, YAML configs, dotted overrides an
 ``fit`` / ``validate`` / ``test`` / ``predict`` subcommands. What it lacks and is added here:
 the CLI's automatic ``configure_optimizers`` is turned off (it would make one anonymous
 parameter group), and two callbacks are always present, each configurable from YAML under
-its own key: ``checkpoint`` (best by ``val/acc`` plus ``last.ckpt``) and ``lr_monitor``
-(every named group's lr, momentum and weight decay once per epoch in TensorBoard).
+its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
+(``last.ckpt``, rewritten every epoch) and ``lr_monitor`` (every named group's lr, momentum
+and weight decay once per epoch in TensorBoard).
+
+Why a second ``ModelCheckpoint`` for ``last.ckpt``: since Lightning 2.6 ``save_last=True``
+writes ``last.ckpt`` only when a top-k checkpoint is saved in the same step, so with a
+monitored metric ``last.ckpt`` silently stays at the best epoch instead of the last one.
 """
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from groupwise.cifar10 import CIFAR10DataModule
 from groupwise.classifier import Classifier
+from groupwise.lr_monitor import LearningRateMonitor
 
 
 class GroupwiseCLI(LightningCLI):
@@ -24,9 +30,18 @@ class GroupwiseCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last.ckpt comes from last_checkpoint
                 "checkpoint.filename": "epoch{epoch:03d}-acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.monitor": None,  # no metric: save after every epoch
+                "last_checkpoint.save_top_k": 1,  # keep only the newest
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,  # overwrite, no last-v1
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -39,8 +54,8 @@ class GroupwiseCLI(LightningCLI):
         )
 
 
-def main(args: ArgsType = None) -> GroupwiseCLI:
-    """Run the CLI on ``args`` (``sys.argv`` when ``None``)."""
+def run(args: ArgsType = None) -> GroupwiseCLI:
+    """Run the CLI on ``args`` (``sys.argv`` when ``None``) and return it (for tests)."""
     return GroupwiseCLI(
         Classifier,
         CIFAR10DataModule,
@@ -48,3 +63,8 @@ def main(args: ArgsType = None) -> GroupwiseCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main() -> None:
+    """The ``groupwise`` console script."""
+    run()
