@@ -7,14 +7,15 @@ Run from the repository root:
 If ``--data-dir`` is missing and the shared archive exists, it is extracted first.
 Measures, on the image-folder JPEGs:
 
-* cold start: cache deleted, ``prepare_data()`` + ``setup("fit")`` (decode + write cache);
+* cold start: cache deleted, ``prepare_data()`` + ``setup("fit")`` (decode + write cache),
+  median of ``--cold-runs``;
 * cached start: the same with the cache in place (median of ``--cached-runs``);
   each start runs in a fresh process and excludes the interpreter's imports;
 * images/s over one training epoch of (a) this template's loader + the DataModule's
   batched crop/flip/normalize (``on_after_batch_transfer`` as in training), median of
   ``--epochs``; (b) torchvision ``ImageFolder`` with per-sample ``RandomCrop(32, 4)``,
   ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` and ``DataLoader(num_workers=2)``
-  over the same training images (worker start-up included).
+  over the same training images (worker start-up included), median of ``--epochs``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def template_images_per_s(data_dir: Path, batch_size: int, epochs: int) -> float
     return statistics.median(rates)
 
 
-def torchvision_images_per_s(data_dir: Path, batch_size: int, workers: int) -> float:
+def torchvision_images_per_s(data_dir: Path, batch_size: int, workers: int, epochs: int) -> float:
     import torch
     from torch.utils.data import DataLoader, Subset
     from torchvision import transforms as T
@@ -93,19 +94,23 @@ def torchvision_images_per_s(data_dir: Path, batch_size: int, workers: int) -> f
     )
     dataset = Subset(ImageFolder(str(data_dir / "train"), transform), dm.train_indices.tolist())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
-    n, start = 0, time.perf_counter()
-    for batch in loader:
-        n += len(batch[1])
+    rates = []
+    for _ in range(epochs):
+        n, start = 0, time.perf_counter()
+        for batch in loader:
+            n += len(batch[1])
+        rates.append(n / (time.perf_counter() - start))
     assert batch[0].dtype == torch.float32
-    return n / (time.perf_counter() - start)
+    return statistics.median(rates)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("data/cifar10-jpeg"))
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--cold-runs", type=int, default=1, help="fresh processes, median")
     parser.add_argument("--cached-runs", type=int, default=5, help="fresh processes, median")
-    parser.add_argument("--epochs", type=int, default=3, help="template epochs, median")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each loader, median")
     parser.add_argument("--baseline-workers", type=int, default=2)
     parser.add_argument("--start-once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -125,21 +130,28 @@ def main() -> None:
     if not (data_dir / "train").is_dir():
         sys.exit(f"no {data_dir / 'train'}: the benchmark needs the image-folder layout")
 
-    shutil.rmtree(data_dir / ".groupwise_cache", ignore_errors=True)
-    cold = start_in_fresh_process(data_dir)
+    cold = []
+    for _ in range(args.cold_runs):
+        shutil.rmtree(data_dir / ".groupwise_cache", ignore_errors=True)
+        cold.append(start_in_fresh_process(data_dir))
     cached = [start_in_fresh_process(data_dir) for _ in range(args.cached_runs)]
     ours = template_images_per_s(data_dir, args.batch_size, args.epochs)
-    baseline = torchvision_images_per_s(data_dir, args.batch_size, args.baseline_workers)
+    baseline = torchvision_images_per_s(
+        data_dir, args.batch_size, args.baseline_workers, args.epochs
+    )
 
     rows = [
-        ("cold start (decode + write cache)", f"{cold:.2f} s"),
+        (
+            f"cold start, decode + write cache (median of {len(cold)})",
+            f"{statistics.median(cold):.2f} s",
+        ),
         (f"cached start (median of {len(cached)})", f"{statistics.median(cached):.2f} s"),
         (
             f"template loader + batched augment, {args.epochs} epochs median",
             f"{ours:,.0f} img/s",
         ),
         (
-            f"ImageFolder + per-sample transforms, {args.baseline_workers} workers",
+            f"ImageFolder + per-sample transforms, {args.baseline_workers} workers, median",
             f"{baseline:,.0f} img/s",
         ),
         ("ratio template / ImageFolder", f"{ours / baseline:.1f}x"),
@@ -148,6 +160,7 @@ def main() -> None:
     print(f"\n{data_dir}, batch size {args.batch_size}, start = prepare_data() + setup('fit')")
     for name, value in rows:
         print(f"{name:<{width}}  {value:>14}")
+    print(f"cold starts: {', '.join(f'{t:.2f}' for t in cold)} s")
     print(f"cached starts: {', '.join(f'{t:.2f}' for t in cached)} s")
 
 
