@@ -1,35 +1,13 @@
 """The real CIFAR-10 training JPEGs from ../shared/data, when there. Slow: run with -m slow."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from torchvision.datasets.utils import extract_archive
 
 from groupwise import cifar10_files
 from groupwise.cifar10 import CIFAR10DataModule
 from groupwise.cifar10_files import CIFAR10_CLASSES, cache_path, load_split
 
-REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def real_cifar10_dir() -> Path:
-    """``<repo>/data/cifar10-jpeg`` extracted from the shared archive, once per archive
-    (a stamp file records which archive, size and mtime it came from)."""
-    if not ARCHIVE.is_file():
-        pytest.skip(f"real CIFAR-10 archive not found at {ARCHIVE}")
-    root = REPO / "data" / "cifar10-jpeg"
-    stamp = root / ".extracted-from"
-    st = ARCHIVE.stat()
-    key = f"{ARCHIVE} {st.st_size} {st.st_mtime_ns}"
-    if not (stamp.is_file() and stamp.read_text() == key):
-        extract_archive(str(ARCHIVE), str(REPO / "data"))
-        stamp.write_text(key)
-    return root
 
 
 def test_real_training_jpegs_load_5000_per_class(real_cifar10_dir):
