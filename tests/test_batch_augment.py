@@ -9,6 +9,8 @@ from torchvision import transforms as T
 from groupwise.batch_augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    keyed_bits,
+    keyed_crop_flip,
     normalize,
     random_crop,
     random_hflip,
@@ -112,3 +114,25 @@ def test_normalize_matches_torchvision_totensor_normalize_per_image():
 def test_rejects_a_single_image(fn):
     with pytest.raises(ValueError, match="N, C, H, W"):
         fn(torch.zeros(3, 32, 32, dtype=torch.uint8))
+
+
+def test_keyed_crop_flip_is_independent_of_batching_and_keyed_by_seed_and_epoch():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    index = torch.arange(1000, 1064)
+    whole = keyed_crop_flip(images, index, seed=3, epoch=1)
+    # split in two "ranks" (even and odd positions) and in a different order: same images
+    even = keyed_crop_flip(images[0::2], index[0::2], seed=3, epoch=1)
+    odd = keyed_crop_flip(images[1::2].flip(0), index[1::2].flip(0), seed=3, epoch=1)
+    assert torch.equal(whole[0::2], even) and torch.equal(whole[1::2], odd.flip(0))
+    assert not torch.equal(whole, keyed_crop_flip(images, index, seed=3, epoch=2))
+    assert not torch.equal(whole, keyed_crop_flip(images, index, seed=4, epoch=1))
+
+
+def test_keyed_crop_flip_choices_are_uniform():
+    bits = keyed_bits(seed=0, epoch=0, indices=torch.arange(90_000))
+    dy, dx, flip = (bits & 0xFFFF) % 9, ((bits >> 16) & 0x7FFF) % 9, bits >> 31
+    for offsets in (dy, dx):
+        counts = offsets.bincount(minlength=9)
+        assert len(counts) == 9 and (counts - 10_000).abs().max() < 400  # ~4 sigma
+    assert abs(flip.float().mean().item() - 0.5) < 0.01
+    assert bits.min() >= 0 and bits.max() < 2**32

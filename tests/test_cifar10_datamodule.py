@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 
 from groupwise import cifar10_files
-from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, normalize, random_crop, random_hflip
+from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
 from groupwise.cifar10 import BatchTensorDataset, CIFAR10DataModule
 from groupwise.cifar10_files import CIFAR10NotFoundError, cache_path
 
@@ -148,25 +148,44 @@ def test_loaders_yield_whole_uint8_batches_without_per_sample_indexing(folder, m
 
     monkeypatch.setattr(BatchTensorDataset, "__getitem__", per_sample)
     batches = list(dm.train_dataloader())
-    assert [len(y) for _, y in batches] == [16, 16, 16, 2]  # drop_last=False
-    for x, y in batches:
+    assert [len(y) for _, y, _ in batches] == [16, 16, 16, 2]  # drop_last=False
+    for x, y, index in batches:
         assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32)
         assert y.dtype == torch.int64
+        # each batch carries the split indices of its images
+        assert torch.equal(x, dm.train_set.tensors[0][index])
     # shuffled: every training image exactly once, not in stored order
-    seen = torch.cat([y for _, y in batches])
-    assert sorted(seen.tolist()) == sorted(dm.train_set.tensors[1].tolist())
-    images = torch.cat([x for x, _ in batches])
-    assert not torch.equal(images, dm.train_set.tensors[0])
+    order = torch.cat([index for _, _, index in batches])
+    assert sorted(order.tolist()) == list(range(50)) and order.tolist() != list(range(50))
     # validation in stored order
     val = list(dm.val_dataloader())
-    assert torch.equal(torch.cat([x for x, _ in val]), dm.val_set.tensors[0])
+    assert torch.equal(torch.cat([x for x, _, _ in val]), dm.val_set.tensors[0])
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch_as_lightnings_distributed_sampler(
+    folder, monkeypatch
+):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    dm = fitted(folder, val_size=10, batch_size=16)
+
+    def order(epoch: int) -> list[int]:
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([index for _, _, index in loader]).tolist()
+
+    single = DistributedSampler(dm.train_set, num_replicas=1, rank=0, shuffle=True, seed=7)
+    single.set_epoch(3)
+    assert order(3) == list(single)  # the permutation Lightning's DDP ranks split
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert order(3) == list(single)
+    assert order(4) != order(3)
 
 
 def test_loader_with_a_worker_process(folder):
     dm = fitted(folder, val_size=10, num_workers=1)
     loader = dm.val_dataloader()
     assert loader.persistent_workers
-    x, y = next(iter(loader))
+    x, y, _ = next(iter(loader))
     assert x.dtype == torch.uint8 and torch.equal(y, dm.val_set.tensors[1][:10])
     assert not fitted(folder).val_dataloader().persistent_workers
 
@@ -177,10 +196,9 @@ def test_lightning_can_swap_in_a_distributed_sampler(folder):
     sampler = DistributedSampler(dm.train_set, num_replicas=2, rank=1, shuffle=True, seed=0)
     loader = _update_dataloader(dm.train_dataloader(), sampler)
     batches = list(loader)
-    assert [len(y) for _, y in batches] == [8, 8, 8, 1]  # 25 of the 50 images
-    assert all(x.dtype == torch.uint8 for x, _ in batches)
-    want = dm.train_set.tensors[1][list(sampler)]
-    assert torch.equal(torch.cat([y for _, y in batches]), want)
+    assert [len(y) for _, y, _ in batches] == [8, 8, 8, 1]  # 25 of the 50 images
+    assert all(x.dtype == torch.uint8 for x, _, _ in batches)
+    assert torch.cat([index for _, _, index in batches]).tolist() == list(sampler)
 
 
 # ---- on_after_batch_transfer -----------------------------------------------------------------
@@ -207,14 +225,14 @@ def test_outside_a_trainer_only_normalizes(folder):
     ("training", "augment", "augmented"),
     [(True, True, True), (False, True, False), (True, False, False)],
 )
-def test_augments_only_training_batches(folder, training, augment, augmented):
+def test_augments_only_training_batches(folder, training, augment, augmented, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
     dm = make_dm(folder, augment=augment)
-    dm.trainer = SimpleNamespace(training=training)  # the one attribute the hook reads
+    dm.trainer = SimpleNamespace(training=training, current_epoch=2)  # what the hook reads
     images, labels = numbered_batch()
-    torch.manual_seed(5)
-    x, y = dm.on_after_batch_transfer((images, labels), 0)
-    torch.manual_seed(5)
-    want = random_hflip(random_crop(images, padding=4)) if augmented else images
+    index = torch.arange(100, 100 + len(labels))
+    x, y = dm.on_after_batch_transfer((images, labels, index), 0)
+    want = keyed_crop_flip(images, index, seed=5, epoch=2) if augmented else images
     assert torch.equal(x, normalize(want))
     assert torch.equal(y, labels)
     assert torch.equal(x, normalize(images)) is not augmented

@@ -32,6 +32,28 @@ def _randint(
     return torch.randint(high, (n,), generator=generator, device=gen_device).to(device)
 
 
+def crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad each image by ``padding`` and crop back to (H, W) at offset (dy[i], dx[i]),
+    each in ``[0, 2 * padding]``: output pixel (y, x) is padded pixel (y + dy, x + dx)."""
+    _check_batch(images)
+    if padding == 0:
+        return images
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))  # zeros, any dtype
+    hp, wp = h + 2 * padding, w + 2 * padding
+    rows = dy[:, None] + torch.arange(h, device=images.device)  # (N, H)
+    cols = dx[:, None] + torch.arange(w, device=images.device)  # (N, W)
+    flat_index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
+    out = padded.view(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
+    return out.view(n, c, h, w)
+
+
+def hflip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images where the boolean ``flip[i]`` is set."""
+    _check_batch(images)
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
 def random_crop(
     images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -46,16 +68,10 @@ def random_crop(
     _check_batch(images)
     if padding == 0:
         return images
-    n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))  # zeros, any dtype
-    hp, wp = h + 2 * padding, w + 2 * padding
+    n = len(images)
     dy = _randint(2 * padding + 1, n, images.device, generator)
     dx = _randint(2 * padding + 1, n, images.device, generator)
-    rows = dy[:, None] + torch.arange(h, device=images.device)  # (N, H)
-    cols = dx[:, None] + torch.arange(w, device=images.device)  # (N, W)
-    flat_index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
-    out = padded.view(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
-    return out.view(n, c, h, w)
+    return crop(images, dy, dx, padding)
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -66,7 +82,45 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None)
     _check_batch(images)
     gen_device = generator.device if generator is not None else images.device
     flip = torch.rand(len(images), generator=generator, device=gen_device).to(images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    return hflip(images, flip)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in
+    [0, 2**32). The multipliers are below 2**31, so no product overflows int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x6C8E9CF5) & _MASK32
+    return x ^ (x >> 16)
+
+
+def keyed_bits(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+    """32 pseudo-random bits per index, a pure function of (seed, epoch, index).
+
+    Counter-based rather than drawn from a generator's stream: the bits of an image do not
+    depend on which batch, rank or process it lands in, or on what was drawn before it.
+    """
+    base = _mix32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=indices.device))
+    base = _mix32(base ^ (epoch & _MASK32))
+    return _mix32(base ^ (indices.to(torch.int64) & _MASK32))
+
+
+def keyed_crop_flip(
+    images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, padding: int = 4
+) -> torch.Tensor:
+    """Random crop (zero padding ``padding``) and horizontal flip, image i's choice keyed by
+    ``(seed, epoch, indices[i])``: the same image in the same epoch is augmented the same
+    way whether the run is resumed, split across DDP ranks, or batched differently."""
+    bits = keyed_bits(seed, epoch, indices.to(images.device))
+    span = 2 * padding + 1
+    dy = (bits & 0xFFFF) % span
+    dx = ((bits >> 16) & 0x7FFF) % span
+    flip = (bits >> 31) == 1
+    return hflip(crop(images, dy, dx, padding), flip)
 
 
 def normalize(

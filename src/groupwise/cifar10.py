@@ -8,14 +8,15 @@ device in ``on_after_batch_transfer``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, normalize, random_crop, random_hflip
+from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
 from groupwise.cifar10_files import (
     CIFAR10NotFoundError,
     Split,
@@ -36,8 +37,34 @@ class BatchTensorDataset(TensorDataset):
     """
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        """The batch's tensors, then the indices themselves (which key its augmentation)."""
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return tuple(t[index] for t in self.tensors)
+        return (*(t[index] for t in self.tensors), index)
+
+
+class EpochRandomSampler(RandomSampler):
+    """Shuffles with a permutation that is a function of (seed, epoch) alone.
+
+    ``RandomSampler`` draws its permutation from the global RNG, so a run resumed from a
+    checkpoint shuffles differently from one that never stopped. This draws exactly the
+    permutation of Lightning's ``DistributedSampler`` (``randperm(n)`` from a generator
+    seeded with ``seed + epoch``) and Lightning calls ``set_epoch`` on it every epoch. Being
+    a ``RandomSampler``, Lightning still replaces it by its ``DistributedSampler`` under DDP,
+    whose ranks then split the same permutation a single process would walk through.
+    """
+
+    def __init__(self, data_source: Any, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
+def global_seed() -> int:
+    """The seed of ``seed_everything`` (``PL_GLOBAL_SEED``), as Lightning's samplers read it."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def pass_through_collate(batch: Any) -> Any:
@@ -156,12 +183,12 @@ class CIFAR10DataModule(L.LightningDataModule):
     def _loader(self, dataset: BatchTensorDataset | None, stage: str, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup({stage!r}) before asking for its dataloader")
-        # a plain DataLoader with a plain sampler, so Lightning can swap in a
+        # a plain DataLoader with a RandomSampler (sub)class, so Lightning can swap in a
         # DistributedSampler under DDP; drop_last=False keeps every image
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochRandomSampler(dataset, global_seed()) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=pass_through_collate,
             persistent_workers=self.num_workers > 0,
@@ -181,20 +208,26 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader(self.test_set, "predict", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment (training only) and normalise the uint8 images, already on the device.
+        """Augment (training only) and normalise the uint8 images, already on the device;
+        returns ``(images, labels)``.
 
         Lightning calls the DataModule's override of this hook in place of the
         LightningModule's. A bare tensor (e.g. a model's ``example_input_array`` on its
         way to the model summary) is treated as the images; float images pass unchanged.
+        Each image's crop and flip are keyed by (seed, epoch, its index in the split), so
+        they are the same after a resume and under any number of DDP ranks.
         """
         if isinstance(batch, torch.Tensor):
-            return self._transform(batch)
-        images, labels = batch
-        return self._transform(images), labels
+            return self._transform(batch, None)
+        images, labels, *index = batch
+        return self._transform(images, index[0] if index else None), labels
 
-    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+    def _transform(self, images: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         if images.dtype != torch.uint8:
             return images
         if self.augment and self.trainer is not None and self.trainer.training:
-            images = random_hflip(random_crop(images, padding=4))
+            if index is None:
+                raise ValueError("training batches need their dataset indices to augment")
+            epoch = self.trainer.current_epoch
+            images = keyed_crop_flip(images, index, global_seed(), epoch, padding=4)
         return normalize(images, CIFAR10_MEAN, CIFAR10_STD)
