@@ -106,9 +106,25 @@ class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler lets us add one o
     dispatch[_Py2Str] = _save_py2str
 
 
-def _dump_py2(obj: object, path: Path) -> None:
+class _OfficialPickler(_Py2Pickler):
+    """Pickles the way the official files were written (Python 2 cPickle, numpy 1.x):
+    every ``str`` and ``bytes`` as a Python 2 str, numpy's globals under ``numpy.core``
+    (numpy >= 2 writes ``numpy._core``; Python 3 writes bytes as ``_codecs.encode``)."""
+
+    dispatch = dict(_Py2Pickler.dispatch)
+    dispatch[str] = lambda self, obj: self._save_py2str(_Py2Str(obj.encode("latin1")))
+    dispatch[bytes] = _Py2Pickler._save_py2str
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        name = name or obj.__qualname__
+        module = pickle.whichmodule(obj, name).replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+        self.memoize(obj)
+
+
+def _dump_py2(obj: object, path: Path, official: bool = False) -> None:
     buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump(obj)
+    (_OfficialPickler if official else _Py2Pickler)(buf, protocol=2).dump(obj)
     path.write_bytes(buf.getvalue())
 
 
@@ -128,12 +144,16 @@ def _cyclic_labels(n: int, offset: int) -> list[int]:
     return [(offset + i) % len(CLASSES) for i in range(n)]
 
 
-def write_python_layout(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
+def write_python_layout(
+    root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0, *, official: bool = False
+) -> Path:
     """Write ``root/cifar-10-batches-py/`` in the official pickle format; return root.
 
     ``n_train`` images are spread over ``data_batch_1..5`` (the first batches get the
     remainder); labels cycle through the 10 classes. ``test_batch`` holds ``n_test``
-    images and ``batches.meta`` the class names.
+    images and ``batches.meta`` the class names. With ``official``, the pickles use
+    the very globals and opcodes of the official files (Python 2, numpy 1.x); without,
+    numpy's globals are those of the installed numpy.
     """
     root = Path(root)
     out = root / PYTHON_DIR
@@ -145,18 +165,20 @@ def write_python_layout(root: Path, n_train: int = 50, n_test: int = 20, seed: i
         _dump_py2(
             _batch_dict(labels, seed + b, f"training batch {b + 1} of 5"),
             out / f"data_batch_{b + 1}",
+            official,
         )
         start += size
     _dump_py2(
         _batch_dict(_cyclic_labels(n_test, 0), seed + 100, "testing batch 1 of 1"),
         out / "test_batch",
+        official,
     )
     meta = {
         _Py2Str(b"num_cases_per_batch"): max(sizes),
         _Py2Str(b"label_names"): [_Py2Str(c.encode()) for c in CLASSES],
         _Py2Str(b"num_vis"): 3072,
     }
-    _dump_py2(meta, out / "batches.meta")
+    _dump_py2(meta, out / "batches.meta", official)
     return root
 
 

@@ -63,7 +63,9 @@ def test_image_folder_labels_in_sorted_class_order_and_exact_pixels(tmp_path):
 def test_image_folder_reads_jpeg_and_skips_other_files(tmp_path):
     root = write_image_folder(tmp_path, n_per_class=2, classes=CLASSES[:2], ext="jpg")
     (root / "train" / "airplane" / "notes.txt").write_text("not an image")
-    split = load_split(root, "train", cache=False)
+    (root / "train" / "airplane" / ".DS_Store").write_bytes(b"hidden: skipped silently")
+    with pytest.warns(UserWarning, match=r"Ignoring 1 entry .* not \.png\|\.jpg\|\.jpeg files"):
+        split = load_split(root, "train", cache=False)
     assert split.labels.tolist() == [0, 0, 1, 1]
     # JPEG is lossy, so compare with Pillow's decode of the same file
     assert torch.equal(split.images[3], png_pixels(root / "train" / "automobile" / "0001.jpg"))
@@ -162,6 +164,7 @@ def test_test_classes_must_equal_train_classes(tmp_path):
     with pytest.raises(CIFAR10FileError, match="must be the same") as info:
         load_split(root, "test")
     assert "['a', 'c']" in str(info.value) and "['a', 'b']" in str(info.value)
+    assert "missing ['b']; extra ['c']" in str(info.value)
 
 
 def test_empty_class_directory_is_an_error(tmp_path):

@@ -14,13 +14,18 @@ source files (relative path, size and mtime of each), so editing the source rebu
 torchvision's ``CIFAR10`` reads only the python layout and ``ImageFolder`` decodes every
 image on every access with PIL; neither gives the whole split as one tensor or caches
 the decode. This module does that, and uses torchvision for the download.
+
+Bad input is an error naming the file and what was expected, raised before the cache is
+touched: python batches are unpickled with :mod:`groupwise.safe_pickle` (numpy arrays and
+plain data only, so a crafted batch cannot run code) and checked against the official
+format (uint8 ``data`` of shape (N, 3072), N ``labels`` in range); images must decode
+completely and be 32x32; ``test/`` must have the class dirs of ``train/``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -31,6 +36,8 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
+
+from groupwise import safe_pickle
 
 Layout = Literal["python", "image_folder"]
 SplitName = Literal["train", "test"]
@@ -104,16 +111,22 @@ def download_cifar10(data_dir: str | os.PathLike) -> None:
 
     data_dir = Path(data_dir)
     archive = data_dir / CIFAR10.filename
+    before = _file_state(archive)
     try:
         download_and_extract_archive(
             CIFAR10.url, str(data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
         )
     except Exception as e:  # URLError, OSError, RuntimeError, tarfile errors...
+        reason = f"{type(e).__name__}: {e}"
         if archive.exists() and not check_integrity(str(archive), CIFAR10.tgz_md5):
-            archive.unlink()  # a truncated or wrong file would only confuse the next try
-            reason = f"the file's md5 checksum is not {CIFAR10.tgz_md5} (removed it)"
-        else:
-            reason = f"{type(e).__name__}: {e}"
+            if _file_state(archive) != before:  # written by this attempt: truncated or wrong
+                archive.unlink()  # it would only confuse the next try
+                reason = f"the file's md5 checksum is not {CIFAR10.tgz_md5} (removed it)"
+            else:  # someone else's file: leave it, say what is wrong with it
+                reason += (
+                    f"; and the {archive} already there is not the official archive (its md5"
+                    f" checksum is not {CIFAR10.tgz_md5}): delete or replace it"
+                )
         raise CIFAR10DownloadError(
             f"Downloading CIFAR-10 from {CIFAR10.url} into {data_dir} failed: {reason}.\n"
             + layouts_help(data_dir)
@@ -123,6 +136,15 @@ def download_cifar10(data_dir: str | os.PathLike) -> None:
             f"{archive} was downloaded and extracted but {data_dir / PYTHON_DIR} is missing.\n"
             + layouts_help(data_dir)
         )
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of ``path``, None if it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def ensure_data(data_dir: str | os.PathLike, download: bool) -> Layout:
@@ -154,17 +176,27 @@ def _list_image_folder(
 ) -> tuple[list[str], list[int], list[tuple[int, int]]]:
     """Relative paths (``<class>/<file>``), labels and (size, mtime_ns) of the images in
     ``split_dir``, class by class in ``classes`` order, files in sorted name order (the
-    order torchvision's ImageFolder uses). Only direct children of class dirs are read."""
+    order torchvision's ImageFolder uses). Only direct children of class dirs are read;
+    other entries (not hidden ones) are skipped with a warning that names them."""
+    if not classes:
+        raise CIFAR10NotFoundError(
+            f"No class directories in {split_dir}: the image-folder layout needs"
+            f" {split_dir}/<class>/*{'|'.join(IMAGE_EXTENSIONS)}, one directory per class."
+        )
     rel_paths: list[str] = []
     labels: list[int] = []
     stats: list[tuple[int, int]] = []
+    skipped: list[str] = []
     for label, cls in enumerate(classes):
+        entries = []
         # os.scandir + DirEntry.stat is ~2x faster than pathlib for 50,000 files
         with os.scandir(split_dir / cls) as it:
-            entries = sorted(
-                (e for e in it if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()),
-                key=lambda e: e.name,
-            )
+            for e in it:
+                if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                    entries.append(e)
+                elif not e.name.startswith("."):  # .DS_Store and the like: silently
+                    skipped.append(f"{cls}/{e.name}")
+        entries.sort(key=lambda e: e.name)
         if not entries:
             raise CIFAR10NotFoundError(
                 f"No images ({'|'.join(IMAGE_EXTENSIONS)}) in class directory {split_dir / cls}"
@@ -174,6 +206,14 @@ def _list_image_folder(
             rel_paths.append(f"{cls}/{e.name}")
             labels.append(label)
             stats.append((st.st_size, st.st_mtime_ns))
+    if skipped:
+        shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(
+            f"Ignoring {len(skipped)} {'entry' if len(skipped) == 1 else 'entries'} in the"
+            f" class directories of {split_dir} that are not {'|'.join(IMAGE_EXTENSIONS)}"
+            f" files: {shown}",
+            stacklevel=3,
+        )
     return rel_paths, labels, stats
 
 
@@ -195,6 +235,8 @@ def decode_images(paths: Sequence[Path]) -> torch.Tensor:
     """
     # Pillow, not torchvision.io.decode_image: that is ~3x faster here (1.6 s vs 5.6 s
     # for the 50,000 JPEGs) but deprecated since torchvision 0.29, and this runs once.
+    # np.asarray loads the whole image, so a truncated PNG or JPEG raises OSError
+    # ("image file is truncated") unless PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set.
     out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
@@ -203,7 +245,10 @@ def decode_images(paths: Sequence[Path]) -> torch.Tensor:
                 if size == (32, 32):
                     out[i] = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError
-            raise CIFAR10FileError(f"Cannot read image {path}: {e}") from e
+            raise CIFAR10FileError(
+                f"Cannot read image {path}: {e}. Every {'|'.join(IMAGE_EXTENSIONS)} file in a"
+                " class directory must be a complete 32x32 image: replace or delete this one."
+            ) from e
         if size != (32, 32):
             raise CIFAR10FileError(
                 f"Image {path} is {size[1]}x{size[0]} (HxW); CIFAR-10 images must be 32x32"
@@ -211,39 +256,98 @@ def decode_images(paths: Sequence[Path]) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def _refetch_hint(path: Path) -> str:
+    return (
+        f"Delete {path.parent} and load again with download: true to fetch the official"
+        " archive (or extract cifar-10-python.tar.gz there yourself)."
+    )
+
+
 def _unpickle(path: Path) -> dict[str, object]:
     """Load an official CIFAR batch file; keys as str whichever Python wrote it."""
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")  # the official format is a pickle
+            # the official format is a Python 2 pickle: str loads as bytes
+            raw = safe_pickle.load(f, encoding="bytes")
     except FileNotFoundError as e:
         raise CIFAR10NotFoundError(f"Missing CIFAR-10 batch file {path}") from e
-    except Exception as e:
-        raise CIFAR10FileError(f"Cannot read CIFAR-10 batch file {path}: {e}") from e
+    except safe_pickle.ForbiddenGlobalError as e:
+        raise CIFAR10FileError(
+            f"Refusing to load CIFAR-10 batch file {path}: it is not in the official format"
+            f" and would call {e.module}.{e.name} when unpickled ({e}). " + _refetch_hint(path)
+        ) from e
+    except Exception as e:  # EOFError, UnpicklingError, ValueError... on cut or garbage bytes
+        raise CIFAR10FileError(
+            f"Cannot read CIFAR-10 batch file {path}: it is truncated or corrupt"
+            f" ({type(e).__name__}: {e}). " + _refetch_hint(path)
+        ) from e
     if not isinstance(raw, dict):
-        raise CIFAR10FileError(f"{path} does not hold a dict; not a CIFAR-10 batch file")
+        raise CIFAR10FileError(
+            f"{path} holds a {type(raw).__name__}, not the dict of a CIFAR-10 batch file. "
+            + _refetch_hint(path)
+        )
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _batch_arrays(
+    path: Path, batch: dict[str, object], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` (N, 3072) uint8 and ``labels`` (N,) int64 of a loaded batch file, checked
+    against the official format: raises ``CIFAR10FileError`` naming the file, the bad value
+    and what was expected."""
+    for key in ("data", "labels"):
+        if key not in batch:
+            raise CIFAR10FileError(
+                f"{path} has no {key!r} entry (it has {sorted(batch)}); a CIFAR-10 batch"
+                " holds 'data' and 'labels'. " + _refetch_hint(path)
+            )
+    data = batch["data"]
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3 * 32 * 32
+    ):
+        got = (
+            f"a {data.dtype} array of shape {data.shape}"
+            if isinstance(data, np.ndarray)
+            else f"a {type(data).__name__}"
+        )
+        raise CIFAR10FileError(
+            f"{path}: 'data' is {got}; expected a uint8 array of shape (N, 3072), one row of"
+            " 3x32x32 pixel values per image. " + _refetch_hint(path)
+        )
+    try:
+        labels = np.asarray(batch["labels"])
+    except ValueError:  # ragged nested lists
+        labels = np.asarray(batch["labels"], dtype=object)
+    if labels.size == 0 and labels.ndim == 1:
+        labels = labels.astype(np.int64)  # [] loads as float64
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
+        raise CIFAR10FileError(
+            f"{path}: 'labels' is a {labels.dtype} array of shape {labels.shape}; expected"
+            f" {len(data)} integer labels, one per row of 'data'. " + _refetch_hint(path)
+        )
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise CIFAR10FileError(
+            f"{path}: label {labels[bad[0]]} at index {bad[0]} is out of range ({len(bad)} such"
+            f" labels); labels must be in [0, {num_classes - 1}] for the {num_classes} classes"
+            f" of {PYTHON_META}. " + _refetch_hint(path)
+        )
+    return data, labels.astype(np.int64)
 
 
 def read_python_split(data_dir: Path, split: SplitName) -> Split:
     """Read a split of the python layout (no cache)."""
     base = Path(data_dir) / PYTHON_DIR
+    classes = read_classes(data_dir)
     images, labels = [], []
     for name in PYTHON_FILES[split]:
-        batch = _unpickle(base / name)
-        try:
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
-        except KeyError as e:
-            raise CIFAR10FileError(f"{base / name} has no {e} entry") from e
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
-            raise CIFAR10FileError(
-                f"{base / name}: expected data of shape (N, 3072) and N labels, got"
-                f" {data.shape} and {len(batch_labels)}"
-            )
+        data, batch_labels = _batch_arrays(base / name, _unpickle(base / name), len(classes))
         images.append(torch.from_numpy(data.reshape(-1, *IMAGE_SHAPE)))
         labels.append(torch.from_numpy(batch_labels))
-    return Split(torch.cat(images), torch.cat(labels), read_classes(data_dir))
+    return Split(torch.cat(images), torch.cat(labels), classes)
 
 
 # ---- the cache ------------------------------------------------------------------------------
@@ -264,7 +368,11 @@ def _read_cache(path: Path, fingerprint: str) -> Split | None:
     except Exception as e:  # truncated or foreign file: rebuild it
         warnings.warn(f"Ignoring unreadable CIFAR-10 cache {path}: {e}", stacklevel=3)
         return None
-    if payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint:
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != CACHE_FORMAT
+        or payload.get("fingerprint") != fingerprint
+    ):
         return None
     return Split(payload["images"], payload["labels"], list(payload["classes"]))
 
@@ -276,8 +384,9 @@ def _umask() -> int:
 
 
 def _write_cache(path: Path, fingerprint: str, split: Split) -> None:
-    """Write atomically (temp file in the same dir, then ``os.replace``); a read-only data
-    dir only costs a warning."""
+    """Write atomically (temp file in the same dir, then ``os.replace``), so a failure at
+    any point leaves the previous file, if any, as it was and no temp file behind; a
+    read-only or full disk only costs a warning."""
     payload = {
         "format": CACHE_FORMAT,
         "fingerprint": fingerprint,
@@ -296,7 +405,7 @@ def _write_cache(path: Path, fingerprint: str, split: Split) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports some write errors as RuntimeError
         warnings.warn(f"Could not write CIFAR-10 cache {path}: {e}", stacklevel=3)
 
 
@@ -335,8 +444,16 @@ def read_classes(data_dir: str | os.PathLike) -> list[str]:
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
     if layout == "python":
-        meta = _unpickle(data_dir / PYTHON_DIR / PYTHON_META)
-        return [c.decode() if isinstance(c, bytes) else str(c) for c in meta["label_names"]]
+        path = data_dir / PYTHON_DIR / PYTHON_META
+        names = _unpickle(path).get("label_names")
+        if not (
+            isinstance(names, list) and names and all(isinstance(c, bytes | str) for c in names)
+        ):
+            raise CIFAR10FileError(
+                f"{path}: 'label_names' is {names!r:.200}; expected a non-empty list of class"
+                " names (airplane, automobile, ...). " + _refetch_hint(path)
+            )
+        return [c.decode() if isinstance(c, bytes) else c for c in names]
     if layout == "image_folder":
         return _image_folder_classes(data_dir / "train")
     return list(CIFAR10_CLASSES)
@@ -382,9 +499,17 @@ def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True
         if split == "test":
             train_classes = _image_folder_classes(data_dir / "train")
             if classes != train_classes:
+                missing = sorted(set(train_classes) - set(classes))
+                extra = sorted(set(classes) - set(train_classes))
+                diff = "; ".join(
+                    f"{what} {names}"
+                    for what, names in (("missing", missing), ("extra", extra))
+                    if names
+                )
                 raise CIFAR10FileError(
                     f"Class directories of {split_dir} {classes} differ from those of"
-                    f" {data_dir / 'train'} {train_classes}; they must be the same."
+                    f" {data_dir / 'train'} {train_classes} ({diff}); they must be the same,"
+                    " so that a label means the same class in both."
                 )
         rel_paths, labels, stats = _list_image_folder(split_dir, classes)
         entries = [(p, s, m) for p, (s, m) in zip(rel_paths, stats, strict=True)]
