@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -12,7 +12,16 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from groupwise.checkpoint_compat import (
+    LAYOUT_KEY,
+    check_group_layout,
+    check_state_dict,
+    group_layout,
+    saved_layout,
+)
+from groupwise.checkpoint_io import load_checkpoint_file
 from groupwise.param_groups import build_param_groups, describe, format_table
+from groupwise.scheduler_checks import check_interval, check_milestones
 
 
 class Classifier(LightningModule):
@@ -25,13 +34,18 @@ class Classifier(LightningModule):
         net: the network, any ``torch.nn.Module`` mapping images to logits.
         optimizer: the optimizer class and its defaults (YAML ``class_path`` /
             ``init_args``); called here with the built parameter groups.
-        scheduler: the learning-rate scheduler, stepped once per epoch; ``None`` for none.
+        scheduler: the learning-rate scheduler; ``None`` for none.
+        scheduler_interval: step the scheduler after every ``epoch`` (milestones count
+            epochs) or every optimizer ``step``.
         param_groups: group rules, tried in order (see ``groupwise.param_groups``).
             Parameters no rule matches go to the group ``default``.
         no_decay_split: put each group's biases and norm parameters into
             ``<name>.no_decay`` with weight decay 0.
         num_classes: number of classes (the net's output size).
         label_smoothing: cross-entropy label smoothing, 0 for none.
+        init_weights: a checkpoint whose model weights (only) are loaded when ``fit``
+            starts: a new run with a fresh optimizer and schedule. To resume a run
+            (optimizer, schedule and epoch too) use ``--ckpt_path`` instead.
     """
 
     def __init__(
@@ -39,10 +53,12 @@ class Classifier(LightningModule):
         net: nn.Module,
         optimizer: OptimizerCallable = torch.optim.SGD,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         param_groups: list[dict[str, Any]] | None = None,
         no_decay_split: bool = False,
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the saved hparams are the config (class paths and init args),
@@ -51,6 +67,8 @@ class Classifier(LightningModule):
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.init_weights = init_weights
         self.param_groups = param_groups or []
         self.no_decay_split = no_decay_split
         self.num_classes = num_classes
@@ -96,11 +114,25 @@ class Classifier(LightningModule):
         """Class probabilities for each image."""
         return self(batch[0]).softmax(dim=-1)
 
-    def configure_optimizers(self) -> Any:
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_weights:
+            # Before DDP wraps the net and before any --ckpt_path restore: every rank loads
+            # the same file, and a full resume still wins over these weights.
+            checkpoint = load_checkpoint_file(self.init_weights)
+            check_state_dict(checkpoint["state_dict"], self.state_dict(), self.init_weights)
+            self.load_state_dict(checkpoint["state_dict"])
+            rank_zero_info(f"Initialised the model weights from {self.init_weights}")
+
+    def build_param_groups(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The optimizer's param groups from the rules, and the optimizer's defaults."""
         # The optimizer's defaults as configured (lr, momentum, ...) decide which options a
         # group may set and the base lr of ``lr_scale``: read them off a throwaway instance.
         defaults = self.optimizer([torch.zeros(1, requires_grad=True)]).defaults
         groups = build_param_groups(self.net, self.param_groups, defaults, self.no_decay_split)
+        return groups, defaults
+
+    def configure_optimizers(self) -> Any:
+        groups, defaults = self.build_param_groups()
         optimizer = self.optimizer(groups)
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
@@ -109,7 +141,22 @@ class Classifier(LightningModule):
         if self.scheduler is None:
             return optimizer
         scheduler = self.scheduler(optimizer)
-        config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        check_milestones(scheduler)
+        check_interval(scheduler, self.scheduler_interval)
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Which parameter is in which group, by name: lets a resume check the layout.
+        if self._trainer is not None and self.trainer.optimizers:
+            checkpoint[LAYOUT_KEY] = group_layout(self.net, self.trainer.optimizers[0].param_groups)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
+        check_state_dict(checkpoint["state_dict"], self.state_dict(), source)
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        saved = saved_layout(checkpoint)
+        if resuming and checkpoint.get("optimizer_states") and saved is not None:
+            check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)

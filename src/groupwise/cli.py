@@ -11,15 +11,28 @@ and weight decay once per epoch in TensorBoard).
 Why a second ``ModelCheckpoint`` for ``last.ckpt``: since Lightning 2.6 ``save_last=True``
 writes ``last.ckpt`` only when a top-k checkpoint is saved in the same step, so with a
 monitored metric ``last.ckpt`` silently stays at the best epoch instead of the last one.
+
+Every trainer also gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set)
+and ``FiniteLossGuard``; and ``--ckpt_path last`` means the newest ``last.ckpt`` of any
+earlier run under the logger's directory (Lightning's own ``"last"`` looks only in the
+new run's version directory, so a resume in a new process would silently start afresh).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
+from groupwise.checkpoint_io import AtomicCheckpointIO
 from groupwise.cifar10 import CIFAR10DataModule
 from groupwise.classifier import Classifier
+from groupwise.finite_loss import FiniteLossGuard
 from groupwise.lr_monitor import LearningRateMonitor
 
 
@@ -52,6 +65,29 @@ class GroupwiseCLI(LightningCLI):
                 "lr_monitor.log_weight_decay": True,
             }
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks.append(FiniteLossGuard())
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        config = self.config_init[subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = newest_last_checkpoint(self.trainer) or "last"
+        super()._run_subcommand(subcommand)
+
+
+def newest_last_checkpoint(trainer: Trainer) -> str | None:
+    """The most recently written ``last.ckpt`` under the logger's directory, if any."""
+    root = Path(trainer.logger.root_dir if trainer.logger else trainer.default_root_dir)
+    found = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    rank_zero_info(f"Resuming from {found[-1]} (the newest last.ckpt under {root})")
+    return str(found[-1])
 
 
 def run(args: ArgsType = None) -> GroupwiseCLI:

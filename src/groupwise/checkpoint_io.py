@@ -1,0 +1,95 @@
+"""Checkpoint files that are never half-written and are loaded without running pickled code.
+
+What Lightning's ``TorchCheckpointIO`` lacks:
+- Saving: it writes through an fsspec transaction whose temporary file is made in the
+  *system* temp directory and moved into place with ``shutil.move``. When that directory
+  is on another filesystem (a tmpfs ``/tmp``, a network or cluster scratch mount) the move
+  is a copy, so a kill during it leaves a truncated checkpoint where the good one was; and
+  nothing is fsynced. Here the temporary file sits beside the target, is fsynced, and
+  replaces it with one ``os.replace`` (atomic on POSIX and Windows).
+- Loading: a truncated or foreign file surfaces as a low-level unpickling or zip error;
+  here the error names the file and what it expected. ``weights_only=True`` is the
+  default, so a checkpoint cannot run code when loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with same-directory atomic saves and checked, safe loads."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        _fsync_directory(path.parent)
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Any | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        safe = True if weights_only is None else weights_only
+        return load_checkpoint_file(path, map_location, safe)
+
+
+def load_checkpoint_file(
+    path: _PATH, map_location: Any | None = "cpu", weights_only: bool = True
+) -> dict[str, Any]:
+    """Load a Lightning checkpoint, with errors that name the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). It may be truncated or "
+            "not a Lightning checkpoint; use another one, e.g. the best or an earlier last.ckpt"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        is_dict = isinstance(checkpoint, dict)
+        found = sorted(map(str, checkpoint))[:8] if is_dict else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint: expected a dict with 'state_dict', "
+            f"'optimizer_states', ...; found {found}"
+        )
+    return checkpoint
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
