@@ -280,10 +280,10 @@ def test_label_range_follows_the_classes_of_the_meta_file(tmp_path):
 @pytest.mark.parametrize(
     ("data", "got"),
     [
-        (np.zeros((2, 3071), np.uint8), "a uint8 array of shape (2, 3071)"),
-        (np.zeros(2 * 3072, np.uint8), "a uint8 array of shape (6144,)"),
-        (np.zeros((2, 3, 32, 32), np.uint8), "a uint8 array of shape (2, 3, 32, 32)"),
-        (np.zeros((2, 3072), np.float32), "a float32 array of shape (2, 3072)"),
+        (np.zeros((2, 3071), np.uint8), "an array of dtype uint8 and shape (2, 3071)"),
+        (np.zeros(2 * 3072, np.uint8), "an array of dtype uint8 and shape (6144,)"),
+        (np.zeros((2, 3, 32, 32), np.uint8), "an array of dtype uint8 and shape (2, 3, 32, 32)"),
+        (np.zeros((2, 3072), np.float32), "an array of dtype float32 and shape (2, 3072)"),
         ([[0] * 3072] * 2, "a list"),
     ],
 )
@@ -303,9 +303,9 @@ def test_data_of_wrong_shape_or_type_names_file_shape_and_expected_shape(tmp_pat
 @pytest.mark.parametrize(
     ("labels", "got"),
     [
-        ([0, 1, 2], "a int64 array of shape (3,)"),
-        ([0.0, 1.0], "a float64 array of shape (2,)"),
-        ([[0], [1]], "a int64 array of shape (2, 1)"),
+        ([0, 1, 2], "an array of dtype int64 and shape (3,)"),
+        ([0.0, 1.0], "an array of dtype float64 and shape (2,)"),
+        ([[0], [1]], "an array of dtype int64 and shape (2, 1)"),
     ],
 )
 def test_labels_of_wrong_count_or_type(tmp_path, labels, got):

@@ -313,7 +313,7 @@ def _batch_arrays(
         and data.shape[1] == 3 * 32 * 32
     ):
         got = (
-            f"a {data.dtype} array of shape {data.shape}"
+            f"an array of dtype {data.dtype} and shape {data.shape}"
             if isinstance(data, np.ndarray)
             else f"a {type(data).__name__}"
         )
@@ -329,8 +329,8 @@ def _batch_arrays(
         labels = labels.astype(np.int64)  # [] loads as float64
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
         raise CIFAR10FileError(
-            f"{path}: 'labels' is a {labels.dtype} array of shape {labels.shape}; expected"
-            f" {len(data)} integer labels, one per row of 'data'. " + _refetch_hint(path)
+            f"{path}: 'labels' is an array of dtype {labels.dtype} and shape {labels.shape};"
+            f" expected {len(data)} integer labels, one per row of 'data'. " + _refetch_hint(path)
         )
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
