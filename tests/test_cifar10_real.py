@@ -36,7 +36,7 @@ def test_real_data_module_reuses_the_cache(real_cifar10_dir, monkeypatch):
     again.setup("fit")
     assert (len(again.train_set), len(again.val_set)) == (45_000, 5_000)
     assert again.num_classes == 10
-    x, y = next(iter(again.train_dataloader()))
+    x, y, _ = next(iter(again.train_dataloader()))
     assert x.shape == (128, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     with pytest.raises(FileNotFoundError, match="has no test split"):
         again.setup("test")

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import GROUPWISE, LENET, RESNET18, f32, quick, scalars
 from fake_cifar import write_image_folder
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from groupwise.classifier import Classifier
 from groupwise.cli import run
 from groupwise.nets import LeNet5
-
-ROOT = Path(__file__).resolve().parents[1]
-LENET = str(ROOT / "configs" / "lenet.yaml")
-RESNET18 = str(ROOT / "configs" / "resnet18.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +20,6 @@ def data_dir(tmp_path_factory) -> Path:
     """80 training images (8 per class) and 20 test images, image-folder layout."""
     root = tmp_path_factory.mktemp("cifar")
     return write_image_folder(root, n_per_class=8, with_test=True)
-
-
-def quick(data_dir: Path, root: Path, *extra: str) -> list[str]:
-    """Arguments for a small CPU run: 60 train / 20 val images in batches of 20."""
-    return [
-        "--data.data_dir", str(data_dir),
-        "--data.val_size", "20",
-        "--data.batch_size", "20",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.accelerator", "cpu",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1",
-        *extra,
-    ]  # fmt: skip
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag of a TensorBoard run as (step, value) pairs, via tensorboard's reader."""
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {
-        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-    }
 
 
 def test_fit_logs_each_group_lr_halved_at_each_milestone(data_dir, tmp_path):
@@ -60,15 +32,13 @@ def test_fit_logs_each_group_lr_halved_at_each_milestone(data_dir, tmp_path):
         "--model.scheduler.init_args.milestones", "[1, 2]",
         "--model.scheduler.init_args.gamma", "0.5",
     )  # fmt: skip
-    groupwise = Path(sys.executable).with_name("groupwise")
     done = subprocess.run(
-        [str(groupwise), "fit", "--config", LENET, *args], capture_output=True, text=True
+        [GROUPWISE, "fit", "--config", LENET, *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "lightning_logs" / "version_0"
     tags = scalars(run_dir)
     steps = [0, 3, 6]  # 3 optimizer steps per epoch; logged at each epoch's start
-    f32 = lambda values: [float(torch.tensor(v, dtype=torch.float32)) for v in values]  # noqa: E731
     assert tags["lr-SGD/features"] == list(zip(steps, f32([0.01, 0.005, 0.0025]), strict=True))
     assert tags["lr-SGD/classifier"] == list(zip(steps, f32([0.1, 0.05, 0.025]), strict=True))
     assert tags["lr-SGD/features-momentum"] == list(zip(steps, f32([0.9] * 3), strict=True))

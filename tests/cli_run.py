@@ -1,0 +1,53 @@
+"""Running the `groupwise` command in tests, and reading what a run leaves behind."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET = str(ROOT / "configs" / "lenet.yaml")
+RESNET18 = str(ROOT / "configs" / "resnet18.yaml")
+GROUPWISE = str(Path(sys.executable).with_name("groupwise"))
+
+
+def quick(data_dir: Path, root: Path, *extra: str) -> list[str]:
+    """Arguments for a small CPU run: 60 train / 20 val images in batches of 20."""
+    return [
+        "--data.data_dir", str(data_dir),
+        "--data.val_size", "20",
+        "--data.batch_size", "20",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.log_every_n_steps", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def groupwise(*args: str) -> subprocess.CompletedProcess:
+    """`groupwise ARGS` as a user runs it, with tests/ importable for fault injection."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
+    return subprocess.run([GROUPWISE, *args], capture_output=True, text=True, env=env)
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a TensorBoard run as (step, value) pairs, via tensorboard's reader."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def f32(values: list[float]) -> list[float]:
+    """Values as TensorBoard stores them (float32)."""
+    return [float(torch.tensor(v, dtype=torch.float32)) for v in values]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)

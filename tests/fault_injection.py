@@ -1,0 +1,87 @@
+"""Callbacks that break a run on purpose, added by tests through `--trainer.callbacks+=...`."""
+
+import io
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def kill_now() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtStep(Callback):
+    """SIGKILL the process after global step ``step`` (mid-epoch, nothing flushed)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.global_step == self.step:
+            kill_now()
+
+
+class KillDuringLastSave(Callback):
+    """SIGKILL the process half-way through writing ``last.ckpt`` in epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.save = torch.save
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+
+        def half_then_kill(obj, f, *a, **k):
+            if "last.ckpt" not in str(getattr(f, "name", f)):
+                return self.save(obj, f, *a, **k)
+            buffer = io.BytesIO()
+            self.save(obj, buffer, *a, **k)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            kill_now()
+
+        torch.save = half_then_kill
+
+
+class PoisonAtStep(Callback):
+    """Set one weight to NaN before the batch of global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *a) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+class RecordRank(Callback):
+    """Write, per rank, the training indices fetched each epoch, the final weights and the
+    final metrics to ``<out>/rank<r>.pt``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.seen: dict[int, list[int]] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dataset = trainer.train_dataloader.dataset
+        fetch = dataset.__getitems__
+
+        def recording(indices):
+            self.seen.setdefault(trainer.current_epoch, []).extend(indices)
+            return fetch(indices)
+
+        dataset.__getitems__ = recording
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        record = {"seen": self.seen, "state_dict": state, "metrics": metrics}
+        torch.save(record, self.out / f"rank{trainer.global_rank}.pt")
