@@ -73,9 +73,11 @@ class Classifier(LightningModule):
         self.no_decay_split = no_decay_split
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        self.train_acc = MulticlassAccuracy(num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        # average="micro": the fraction of images classified right. torchmetrics' default
+        # ("macro", the mean of per-class recalls) differs from it on unbalanced batches.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
