@@ -54,8 +54,8 @@ def test_each_rank_sees_a_disjoint_half_of_the_training_data_each_epoch(runs):
         # Together the ranks walk the one-process order: step k averages the same images.
         order = single["seen"][epoch]
         for step in range(3):
-            global_batch = set(seen0[10 * step : 10 * step + 10] + seen1[10 * step : 10 * step + 10])
-            assert global_batch == set(order[20 * step : 20 * step + 20])
+            part = slice(10 * step, 10 * step + 10)
+            assert set(seen0[part] + seen1[part]) == set(order[20 * step : 20 * step + 20])
 
 
 def test_weights_are_identical_across_ranks(runs):
@@ -69,7 +69,8 @@ def test_logged_metrics_are_synchronised_across_ranks(runs):
     for name in ("val/acc", "val/loss", "train/acc"):
         assert rank0["metrics"][name] == rank1["metrics"][name], name
     # 20 validation images: the synchronised accuracy is a whole number of them.
-    assert rank0["metrics"]["val/acc"] * 20 == pytest.approx(round(rank0["metrics"]["val/acc"] * 20))
+    right = rank0["metrics"]["val/acc"] * 20
+    assert right == pytest.approx(round(right))
 
 
 def test_two_processes_match_one_process(runs):
