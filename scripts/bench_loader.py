@@ -61,7 +61,7 @@ def template_images_per_s(data_dir: Path, batch_size: int, epochs: int) -> float
     dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, batch_size=batch_size)
     dm.prepare_data()
     dm.setup("fit")
-    dm.trainer = SimpleNamespace(training=True)  # what the hook reads: augment as in training
+    dm.trainer = SimpleNamespace(training=True, current_epoch=0)  # what the hook reads
     rates = []
     for _ in range(epochs):
         n, start = 0, time.perf_counter()
