@@ -230,7 +230,8 @@ def describe(
 ) -> list[dict[str, Any]]:
     """One row per optimizer group: name, tensors, parameters, lr, weight decay, momentum
     (where the optimizer has them) and every other option that differs from the defaults."""
-    shown = [key for key in ("lr", "weight_decay", "momentum", "betas") if key in defaults]
+    shown = ["lr", "weight_decay", "weight_decay_l1", "weight_decay_l2", "momentum", "betas"]
+    shown = [key for key in shown if key in defaults]
     shown += sorted(
         {
             key
