@@ -136,7 +136,7 @@ def test_invalid_yaml_names_the_line_and_column(capsys, root, data_dir, tmp_path
 @pytest.mark.xfail(
     strict=True,
     reason="jsonargparse drops the path of a config file it cannot parse: the error says "
-    '\'in "<unicode string>", line 2, column 15\', so with several --config files the user '
+    "'in \"<unicode string>\", line 2, column 15', so with several --config files the user "
     "cannot tell which one is broken",
 )
 def test_invalid_yaml_names_the_file(capsys, root, data_dir, tmp_path):
