@@ -85,3 +85,28 @@ class RecordRank(Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         record = {"seen": self.seen, "state_dict": state, "metrics": metrics}
         torch.save(record, self.out / f"rank{trainer.global_rank}.pt")
+
+
+class RecordTrainStart(Callback):
+    """Keep in ``self.record`` what training starts from, after any ``setup`` weight loading
+    and ``--ckpt_path`` restore: a copy of the weights, the epoch and global step, each
+    optimizer group's (name, lr, tensor count), how many parameters have optimizer state
+    (momentum buffers) and each scheduler's ``last_epoch``. Read it back in-process from
+    ``trainer.callbacks``."""
+
+    def __init__(self) -> None:
+        self.record: dict | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record = {
+            "state_dict": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "groups": [
+                (group["name"], group["lr"], len(group["params"]))
+                for optimizer in trainer.optimizers
+                for group in optimizer.param_groups
+            ],
+            "optimizer_state": sum(len(optimizer.state) for optimizer in trainer.optimizers),
+            "scheduler_last_epoch": [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs],
+        }
