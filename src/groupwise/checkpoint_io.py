@@ -68,10 +68,13 @@ def load_checkpoint_file(
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        lines = str(error).splitlines() or [""]
+        # weights_only refusals name the refused global on a later line: keep that one.
+        reason = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). It may be truncated or "
-            "not a Lightning checkpoint; use another one, e.g. the best or an earlier last.ckpt"
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {reason}). It may be "
+            "truncated, not a Lightning checkpoint, or hold objects other than tensors and "
+            "plain data; use another one, e.g. the best or an earlier last.ckpt"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         is_dict = isinstance(checkpoint, dict)

@@ -12,6 +12,11 @@ Why a second ``ModelCheckpoint`` for ``last.ckpt``: since Lightning 2.6 ``save_l
 writes ``last.ckpt`` only when a top-k checkpoint is saved in the same step, so with a
 monitored metric ``last.ckpt`` silently stays at the best epoch instead of the last one.
 
+The config decides the model: LightningCLI's own handling of ``--ckpt_path FILE`` replaces
+the config's ``model`` section by the hyperparameters saved in the checkpoint, so changed
+groups, optimizer or net would be silently ignored; here the file is only checked to be a
+readable checkpoint, and the net and group-layout checks of ``Classifier`` then apply.
+
 Every trainer also gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set)
 and ``FiniteLossGuard``; and ``--ckpt_path last`` means the newest ``last.ckpt`` of any
 earlier run under the logger's directory (Lightning's own ``"last"`` looks only in the
@@ -29,7 +34,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from groupwise.checkpoint_io import AtomicCheckpointIO
+from groupwise.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.cifar10 import CIFAR10DataModule
 from groupwise.classifier import Classifier
 from groupwise.finite_loss import FiniteLossGuard
@@ -65,6 +70,12 @@ class GroupwiseCLI(LightningCLI):
                 "lr_monitor.log_weight_decay": True,
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            load_checkpoint_file(ckpt_path)  # a clear error for a missing or broken file
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
