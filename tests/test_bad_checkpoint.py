@@ -1,15 +1,15 @@
 """Bad checkpoints: an error that names the file, what is wrong with it and what to do, no
 code from inside it ever run, and every file of the finished run it came from left as it was.
 
-One finished two-epoch LeNet run is shared; each bad command runs against its root. A
-checkpoint error raised once the trainer runs leaves, as the only new files, a new
+One finished two-epoch LeNet run is shared; each bad command runs against its root. Every
+way a checkpoint reaches a run is covered: an explicit ``--ckpt_path FILE`` (read first by
+``GroupwiseCLI``, which keeps the config's model instead of LightningCLI's merging of the
+checkpoint's hyper-parameters over it), ``--ckpt_path last`` and ``--model.init_weights``.
+
+An unreadable explicit ``--ckpt_path`` is refused while the command line is parsed: nothing is
+written. Any later checkpoint error leaves, as the only new files, a new
 ``lightning_logs/version_N/`` with ``config.yaml`` and a TensorBoard event file (written by
 LightningCLI and the logger at setup, before the checkpoint is read); never a checkpoint.
-
-``--ckpt_path last`` (resolved by ``GroupwiseCLI``) and ``--model.init_weights FILE`` reach
-the package's checks. An explicit ``--ckpt_path FILE`` does not: LightningCLI first reads
-the file with a bare ``torch.load`` and merges its hyper-parameters over the model config
-(``LightningCLI._parse_ckpt_path``); those tests are marked xfail.
 """
 
 import hashlib
@@ -122,6 +122,7 @@ def malicious_checkpoint(path: Path, marker: Path) -> Path:
 @pytest.mark.parametrize(
     ("command", "missing"),
     [
+        (["validate", RESNET18, "--ckpt_path", "LAST"], "net.backbone.0.0.weight"),
         (["validate", RESNET18, "--ckpt_path", "last"], "net.backbone.0.0.weight"),
         (
             ["test", LENET, "--model.net", TORCHVISION_NET, "--ckpt_path", "last"],
@@ -129,7 +130,7 @@ def malicious_checkpoint(path: Path, marker: Path) -> Path:
         ),
         (["fit", RESNET18, "--model.init_weights", "LAST"], "net.backbone.0.0.weight"),
     ],
-    ids=["validate-resnet18-config", "test-torchvision-net", "fit-init_weights"],
+    ids=["validate-FILE", "validate-last", "test-torchvision-net", "fit-init_weights"],
 )
 def test_checkpoint_of_another_net_names_missing_and_unexpected_weights(
     root, data_dir, command, missing
@@ -144,18 +145,6 @@ def test_checkpoint_of_another_net_names_missing_and_unexpected_weights(
     assert "... (122 in all)" in message  # ResNet-18: 122 tensors the LeNet file lacks
     assert "unexpected in the checkpoint: ['net.features.0.weight'," in message
     assert "Use the model config the checkpoint was trained with" in message
-    assert_kept(root, before)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="an explicit --ckpt_path makes LightningCLI merge the checkpoint's hyper-parameters "
-    "over the model config: the ResNet-18 config is silently replaced by the LeNet it holds",
-)
-def test_explicit_ckpt_path_of_another_net_is_an_error(root, data_dir, tmp_path):
-    before = snapshot(root)
-    with pytest.raises(CheckpointError, match="holds weights for a different net"):
-        cli("validate", RESNET18, data_dir, tmp_path, "--ckpt_path", str(root / LAST))
     assert_kept(root, before)
 
 
@@ -182,23 +171,7 @@ def test_init_weights_from_a_file_that_is_no_checkpoint_names_it(root, data_dir,
     assert_kept(root, before)
 
 
-def explicit_path_xfail(raw_error: str):
-    return pytest.mark.xfail(
-        strict=True,
-        reason="LightningCLI._parse_ckpt_path reads an explicit --ckpt_path with a bare "
-        f"torch.load before AtomicCheckpointIO can: the user gets {raw_error}",
-    )
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param("truncated", marks=explicit_path_xfail("torch's zip RuntimeError")),
-        pytest.param("text", marks=explicit_path_xfail("'IndexError: pop from empty list'")),
-        "no_state_dict",  # has no hyper-parameters: LightningCLI lets it through
-        pytest.param("list", marks=explicit_path_xfail("\"AttributeError: 'list' ... 'get'\"")),
-    ],
-)
+@pytest.mark.parametrize("kind", list(UNREADABLE))
 def test_validate_ckpt_path_of_a_file_that_is_no_checkpoint_names_it(
     root, data_dir, bad_files, kind
 ):
@@ -206,7 +179,7 @@ def test_validate_ckpt_path_of_a_file_that_is_no_checkpoint_names_it(
     before = snapshot(root)
     with pytest.raises(CheckpointError, match=UNREADABLE[kind].format(path=re.escape(str(path)))):
         cli("validate", LENET, data_dir, root, "--ckpt_path", str(path))
-    assert_kept(root, before)
+    assert snapshot(root) == before  # refused while parsing the command line: nothing written
 
 
 def test_truncated_last_ckpt_found_by_ckpt_path_last_is_named_and_kept(root, data_dir, tmp_path):
@@ -237,48 +210,32 @@ def test_the_malicious_payload_runs_code_when_unpickled_unsafely(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "route", ["validate --ckpt_path", "fit --model.init_weights", "Classifier"]
+    ("subcommand", "option"),
+    [("validate", "--ckpt_path"), ("fit", "--ckpt_path"), ("fit", "--model.init_weights")],
 )
-def test_malicious_checkpoint_is_refused_without_running_code(root, data_dir, tmp_path, route):
+def test_malicious_checkpoint_is_refused_naming_what_it_would_run(
+    root, data_dir, tmp_path, subcommand, option
+):
     marker = tmp_path / "ran"
     path = malicious_checkpoint(tmp_path / "evil.ckpt", marker)
     before = snapshot(root)
-    if route == "fit --model.init_weights":
-        with pytest.raises(CheckpointError) as error:
-            cli("fit", LENET, data_dir, root, "--model.init_weights", str(path))
-        assert f"{path} is not a readable checkpoint (UnpicklingError: " in str(error.value)
-    elif route == "validate --ckpt_path":
-        with pytest.raises((pickle.UnpicklingError, CheckpointError)):
-            cli("validate", LENET, data_dir, root, "--ckpt_path", str(path))
-    else:  # Classifier.load_from_checkpoint, no trainer: Lightning's weights_only load
-        with pytest.raises(Exception, match="Weights only load failed"):
-            Classifier.load_from_checkpoint(path)
+    with pytest.raises(CheckpointError) as error:
+        cli(subcommand, LENET, data_dir, root, option, str(path))
+    message = str(error.value)
+    assert f"{path} is not a readable checkpoint (UnpicklingError: " in message
+    assert "GLOBAL io.open" in message  # what the weights-only load refused
+    assert "\x1b[" not in message  # no terminal escape codes from torch's message
     assert not marker.exists()
     assert_kept(root, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the message keeps only the first line of torch's error: 'Weights only load failed. "
-    "This file can still be loaded, to do so you have two options, <ANSI bold>do those steps "
-    "only if you trust the source<ANSI reset>.', then guesses 'It may be truncated'; the line "
-    "that says what was refused (GLOBAL io.open) is dropped",
-)
-def test_malicious_checkpoint_error_says_it_would_run_code(root, data_dir, tmp_path):
-    path = malicious_checkpoint(tmp_path / "evil.ckpt", tmp_path / "ran")
-    with pytest.raises(CheckpointError) as error:
-        cli("fit", LENET, data_dir, root, "--model.init_weights", str(path))
-    message = str(error.value)
-    assert str(path) in message
-    assert "io.open" in message  # the global a weights-only load refused
-    assert "\x1b[" not in message  # no terminal escape codes in an exception message
-
-
-@explicit_path_xfail("torch's bare UnpicklingError, which does not name the file")
-def test_malicious_checkpoint_given_as_ckpt_path_is_a_checkpoint_error(root, data_dir, tmp_path):
-    path = malicious_checkpoint(tmp_path / "evil.ckpt", tmp_path / "ran")
-    with pytest.raises(CheckpointError, match=re.escape(f"{path} is not a readable checkpoint")):
-        cli("validate", LENET, data_dir, root, "--ckpt_path", str(path))
+def test_load_from_checkpoint_refuses_a_malicious_checkpoint(tmp_path):
+    """``Classifier.load_from_checkpoint`` (no trainer, Lightning's loader) is weights-only too."""
+    marker = tmp_path / "ran"
+    path = malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(pickle.UnpicklingError, match="GLOBAL io.open"):
+        Classifier.load_from_checkpoint(path)
+    assert not marker.exists()
 
 
 # ---- 4. resuming with other parameter groups ----------------------------------------------
@@ -307,14 +264,17 @@ LAYOUT_ERRORS = {
 }
 
 
+@pytest.mark.parametrize("ckpt_path", ["FILE", "last"])
 @pytest.mark.parametrize("change", list(LAYOUT_ERRORS))
-def test_resume_with_other_param_groups_names_the_groups_on_each_side(root, data_dir, change):
+def test_resume_with_other_param_groups_names_the_groups_on_each_side(
+    root, data_dir, change, ckpt_path
+):
     before = snapshot(root)
     with pytest.raises(CheckpointError) as error:
         cli(
             "fit", LENET, data_dir, root,
             "--model.param_groups", GROUPS[change],
-            "--ckpt_path", "last",
+            "--ckpt_path", str(root / LAST) if ckpt_path == "FILE" else "last",
             "--trainer.max_epochs", "3",
         )  # fmt: skip
     message = str(error.value)
@@ -323,22 +283,6 @@ def test_resume_with_other_param_groups_names_the_groups_on_each_side(root, data
         assert re.search(expected, message), expected
     assert "use --model.init_weights CHECKPOINT instead of --ckpt_path" in message
     assert_kept(root, before)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="an explicit --ckpt_path makes LightningCLI merge the checkpoint's hyper-parameters "
-    "over the model config: the --model.param_groups given are silently replaced by the "
-    "checkpoint's and the run resumes with those",
-)
-def test_explicit_ckpt_path_with_other_param_groups_is_an_error(root, data_dir, tmp_path):
-    with pytest.raises(CheckpointError, match="parameter groups of checkpoint"):
-        cli(
-            "fit", LENET, data_dir, tmp_path,
-            "--model.param_groups", GROUPS["swapped"],
-            "--ckpt_path", str(root / LAST),
-            "--trainer.max_epochs", "3",
-        )  # fmt: skip
 
 
 def test_init_weights_starts_a_new_run_with_other_groups_from_the_weights(root, data_dir, tmp_path):
