@@ -1,0 +1,43 @@
+"""GroupPlan: the group table of a real run, in param_groups.txt and as TensorBoard text."""
+
+import json
+from pathlib import Path
+
+from cli_run import LENET, quick
+from fake_cifar import write_image_folder
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from groupwise.cli import run
+from groupwise.group_plan import markdown_table
+from groupwise.param_groups import describe, format_table
+
+SPEC = json.dumps({"class_path": "groupwise.group_plan.GroupPlan"})
+
+
+def test_fit_saves_the_group_table_as_a_file_and_tensorboard_text(tmp_path):
+    data_dir = write_image_folder(tmp_path / "cifar", n_per_class=8)
+    args = quick(data_dir, tmp_path, "--trainer.max_epochs", "1")
+    cli = run(["fit", "--config", LENET, *args, f"--trainer.callbacks+={SPEC}"])
+    optimizer = cli.trainer.optimizers[0]
+    rows = describe(optimizer.param_groups, optimizer.defaults)
+    run_dir = Path(cli.trainer.log_dir)
+    assert (run_dir / "param_groups.txt").read_text() == format_table(rows) + "\n"
+    assert [r["name"] for r in rows] == ["features", "classifier"]
+
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    # Text summaries are tensor events; SummaryWriter.add_text appends "/text_summary".
+    assert events.Tags()["tensors"] == ["param_groups/text_summary"]
+    (event,) = events.Tensors("param_groups/text_summary")
+    text = event.tensor_proto.string_val[0].decode()
+    assert text == markdown_table(rows)
+    assert text.splitlines()[2].startswith("| features | 4 | 2,872 | 0.005 | 0.0005 | 0.9 |")
+    assert event.step == 0
+
+
+def test_markdown_table():
+    rows = [{"name": "a", "lr": 0.1, "tensors": 1200}, {"name": "b", "lr": 1e-4, "tensors": 2}]
+    assert markdown_table(rows) == (
+        "| name | lr | tensors |\n| --- | --- | --- |\n| a | 0.1 | 1,200 |\n| b | 0.0001 | 2 |"
+    )
+    assert markdown_table([]) == "(no groups)"
