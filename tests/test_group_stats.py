@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cli_run import LENET, quick, scalars
+from cli_run import LENET, groupwise, quick, scalars
 from fake_cifar import write_image_folder
 
 from groupwise.cli import run
@@ -121,3 +121,29 @@ def test_fit_logs_each_group_at_steps_0_n_2n(tmp_path):
         ratio = callback.last_metrics[f"groups/{group}/update_ratio"]
         assert before * (1 - ratio) - 1e-5 <= final <= before * (1 + ratio) + 1e-5
         assert final != pytest.approx(before, rel=1e-9, abs=0)  # the step moved the weights
+
+
+@pytest.mark.slow
+def test_ddp_logs_the_synchronised_gradient_norms(tmp_path):
+    """Two DDP ranks on half batches log the gradient norms of one process on the whole
+    batch: the hook sees the all-reduced gradients, not rank zero's own half."""
+    data_dir = write_image_folder(tmp_path / "cifar", n_per_class=8)
+    spec = {"class_path": "groupwise.group_stats.GroupStats", "init_args": {"every_n_steps": 1}}
+    callback = f"--trainer.callbacks+={json.dumps(spec)}"
+    logged = {}
+    for name, extra in {
+        "single": ["--data.batch_size", "20"],
+        "ddp": ["--data.batch_size", "10", "--trainer.strategy", "ddp", "--trainer.devices", "2"],
+    }.items():
+        root = tmp_path / name
+        args = quick(data_dir, root, "--trainer.max_epochs", "1", *extra)
+        done = groupwise("fit", "--config", LENET, *args, callback)
+        assert done.returncode == 0, done.stderr[-4000:]
+        logged[name] = scalars(root / "lightning_logs" / "version_0")
+    for group in ("features", "classifier"):
+        for stat in ("grad_norm", "param_norm", "update_ratio"):
+            tag = f"groups/{group}/{stat}"
+            single, ddp = logged["single"][tag], logged["ddp"][tag]
+            assert [s for s, _ in ddp] == [s for s, _ in single] == [0, 1, 2]
+            for (_, a), (_, b) in zip(single, ddp, strict=True):
+                assert b == pytest.approx(a, rel=1e-4), tag
