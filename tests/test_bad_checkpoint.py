@@ -12,7 +12,6 @@ written. Any later checkpoint error leaves, as the only new files, a new
 LightningCLI and the logger at setup, before the checkpoint is read); never a checkpoint.
 """
 
-import hashlib
 import json
 import pickle
 import re
@@ -24,6 +23,7 @@ import torch
 from cli_run import LENET, RESNET18, quick
 from fake_cifar import write_image_folder
 from fault_injection import RecordTrainStart
+from file_snapshot import assert_kept, snapshot
 
 from groupwise.checkpoint_compat import LAYOUT_KEY
 from groupwise.checkpoint_io import CheckpointError, load_checkpoint_file
@@ -71,29 +71,6 @@ def bad_files(root, tmp_path_factory) -> dict[str, Path]:
     torch.save({"weights": {"fc.weight": torch.zeros(2, 2)}}, out / "no_state_dict.ckpt")
     torch.save([torch.zeros(2)], out / "list.ckpt")
     return {path.stem: path for path in out.iterdir()}
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """sha256 and mtime of every file under ``root``, by relative path."""
-    return {
-        p.relative_to(root).as_posix(): (
-            hashlib.sha256(p.read_bytes()).hexdigest(),
-            p.stat().st_mtime_ns,
-        )
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def assert_kept(root: Path, before: dict[str, tuple[str, int]]) -> None:
-    """Every earlier file is still there, byte-identical and not rewritten; anything new is
-    a new version directory's config.yaml or event file, never a checkpoint."""
-    after = snapshot(root)
-    assert {path: after.get(path) for path in before} == before
-    old_versions = {path.split("/")[1] for path in before if path.startswith("lightning_logs/")}
-    for path in sorted(set(after) - set(before)):
-        match = SETUP_FILES.fullmatch(path)
-        assert match and match[1] not in old_versions, f"unexpected new file {path}"
 
 
 def cli(subcommand: str, config: str, data_dir: Path, root: Path, *args: str) -> None:

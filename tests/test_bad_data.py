@@ -8,7 +8,6 @@ is 127.0.0.1.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import io
 import os
 import pathlib
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from fake_cifar import CLASSES, python_layout_arrays, write_image_folder, write_python_layout
+from file_snapshot import snapshot
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
@@ -38,15 +38,6 @@ from groupwise.cifar10_files import (
 )
 
 BATCHES = "cifar-10-batches-py"
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """sha256 and mtime of every file under ``root``, by relative path."""
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def python_root_with_test_cache(tmp_path: Path) -> Path:

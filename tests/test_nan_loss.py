@@ -7,7 +7,6 @@ batch of global step 4, the 2nd batch of epoch 1: 60 training images in batches 
 added the way a user adds a callback, ``--trainer.callbacks+=...``.
 """
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 from cli_run import LENET, quick
 from fake_cifar import write_image_folder
+from file_snapshot import snapshot
 
 from groupwise.checkpoint_io import load_checkpoint_file
 from groupwise.cli import run
@@ -24,18 +24,6 @@ from groupwise.finite_loss import NonFiniteLossError
 CLEAN = "lightning_logs/version_0"  # an earlier, finished one-epoch run
 POISONED = "lightning_logs/version_1"  # the run that hits the NaN in its second epoch
 POISON = json.dumps({"class_path": "fault_injection.PoisonAtStep", "init_args": {"step": 4}})
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """sha256 and mtime of every file under ``root``, by relative path."""
-    return {
-        p.relative_to(root).as_posix(): (
-            hashlib.sha256(p.read_bytes()).hexdigest(),
-            p.stat().st_mtime_ns,
-        )
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def all_finite(checkpoint: dict) -> bool:

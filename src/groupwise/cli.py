@@ -25,9 +25,11 @@ new run's version directory, so a resume in a new process would silently start a
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -71,6 +73,18 @@ class GroupwiseCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        # jsonargparse reports invalid YAML without the file's name ("<unicode string>"):
+        # read each --config file first, so the error names the one that is broken.
+        argv = sys.argv[1:] if args is None else args
+        for path in config_paths(argv if isinstance(argv, list) else []):
+            try:
+                with open(path) as file:  # a file object: YAML's marks name the file
+                    yaml.safe_load(file)
+            except (OSError, yaml.YAMLError) as error:
+                parser.error(f"cannot read config file {path}: {error}")
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -89,6 +103,17 @@ class GroupwiseCLI(LightningCLI):
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = newest_last_checkpoint(self.trainer) or "last"
         super()._run_subcommand(subcommand)
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The files given with ``--config FILE``, ``--config=FILE`` or ``-c FILE``."""
+    paths = []
+    for flag, value in zip(argv, argv[1:] + [""], strict=True):
+        if flag in ("--config", "-c"):
+            paths.append(value)
+        elif flag.startswith("--config="):
+            paths.append(flag.split("=", 1)[1])
+    return paths
 
 
 def newest_last_checkpoint(trainer: Trainer) -> str | None:
