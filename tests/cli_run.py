@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = str(ROOT / "configs" / "lenet.yaml")
@@ -51,3 +52,15 @@ def f32(values: list[float]) -> list[float]:
 
 def load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
+
+
+def tensorboard_hparams(run_dir: Path) -> dict:
+    """The hyper-parameters TensorBoard's hparams tab shows for a run."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    for content in events.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            hparams = data.session_start_info.hparams  # each value: one of number/string/bool
+            return {key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()}
+    return {}

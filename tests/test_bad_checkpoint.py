@@ -288,3 +288,15 @@ def test_init_weights_starts_a_new_run_with_other_groups_from_the_weights(root, 
     assert new_last[LAYOUT_KEY]["features"][0] == "classifier.1.weight"
     assert new_last[LAYOUT_KEY]["classifier"][0] == "features.0.weight"
     assert_kept(root, before)
+
+
+def test_layout_of_unnamed_groups_uses_lightnings_pg_names():
+    from groupwise.checkpoint_compat import group_layout
+    from groupwise.nets import LeNet5
+
+    net = LeNet5()
+    groups = [{"name": "features", "params": list(net.features.parameters())}]
+    groups.append({"params": list(net.classifier.parameters())})  # as add_param_group makes
+    layout = group_layout(net, groups)
+    assert list(layout) == ["features", "pg1"]
+    assert layout["pg1"] == [n for n, _ in net.named_parameters() if n.startswith("classifier.")]

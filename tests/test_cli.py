@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import GROUPWISE, LENET, RESNET18, f32, quick, scalars
+from cli_run import GROUPWISE, LENET, RESNET18, f32, quick, scalars, tensorboard_hparams
 from fake_cifar import write_image_folder
 
 from groupwise.classifier import Classifier
@@ -47,6 +47,14 @@ def test_fit_logs_each_group_lr_halved_at_each_milestone(data_dir, tmp_path):
     assert len(tags["val/acc"]) == 3 and len(tags["train/acc"]) == 3
     # The group table is printed before training.
     assert re.search(r"features\s+4\s+2,872\s+0.01\s+0.0005\s+0.9\n", done.stdout + done.stderr)
+    # TensorBoard's hparams tab: the optimizer, scheduler and every group rule.
+    hparams = tensorboard_hparams(run_dir)
+    assert hparams["optimizer/class_path"] == "torch.optim.SGD"
+    assert hparams["optimizer/init_args/lr"] == 0.01
+    assert (hparams["param_groups/1/name"], hparams["param_groups/1/lr_scale"]) == (
+        "classifier",
+        10,
+    )
     # What the run leaves for the user: its full config and the checkpoints.
     assert (run_dir / "config.yaml").is_file()
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())

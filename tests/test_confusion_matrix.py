@@ -1,6 +1,5 @@
 """ConfusionMatrix: the image of a real run's validation, and its counts."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,8 @@ from groupwise.confusion_matrix import ConfusionMatrix, draw
 
 def test_fit_logs_the_matrix_of_every_validation(tmp_path):
     data_dir = write_image_folder(tmp_path / "cifar", n_per_class=8)
-    spec = json.dumps({"class_path": "groupwise.confusion_matrix.ConfusionMatrix"})
     args = quick(data_dir, tmp_path, "--trainer.max_epochs", "2")
-    cli = run(["fit", "--config", LENET, *args, f"--trainer.callbacks+={spec}"])
+    cli = run(["fit", "--config", LENET, *args])  # ConfusionMatrix is a default callback
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, ConfusionMatrix)]
     matrix = callback.last_matrix
     assert matrix.shape == (10, 10)

@@ -1,6 +1,5 @@
 """GroupStats: hand-computed values on a tiny model, and the tags and steps of a real run."""
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,9 +98,9 @@ def test_every_n_steps_must_be_positive():
 
 def test_fit_logs_each_group_at_steps_0_n_2n(tmp_path):
     data_dir = write_image_folder(tmp_path / "cifar", n_per_class=8)
-    spec = {"class_path": "groupwise.group_stats.GroupStats", "init_args": {"every_n_steps": 2}}
     args = quick(data_dir, tmp_path, "--trainer.max_epochs", "3")  # 3 steps per epoch
-    cli = run(["fit", "--config", LENET, *args, f"--trainer.callbacks+={json.dumps(spec)}"])
+    # GroupStats is a default callback, configured under its own key.
+    cli = run(["fit", "--config", LENET, *args, "--group_stats.every_n_steps", "2"])
     assert cli.trainer.global_step == 9
     tags = scalars(Path(cli.trainer.log_dir))
     for group in ("features", "classifier"):
@@ -128,8 +127,7 @@ def test_ddp_logs_the_synchronised_gradient_norms(tmp_path):
     """Two DDP ranks on half batches log the gradient norms of one process on the whole
     batch: the hook sees the all-reduced gradients, not rank zero's own half."""
     data_dir = write_image_folder(tmp_path / "cifar", n_per_class=8)
-    spec = {"class_path": "groupwise.group_stats.GroupStats", "init_args": {"every_n_steps": 1}}
-    callback = f"--trainer.callbacks+={json.dumps(spec)}"
+    callback = "--group_stats.every_n_steps=1"
     logged = {}
     for name, extra in {
         "single": ["--data.batch_size", "20"],

@@ -27,7 +27,10 @@ WEIGHTS_ONLY_HINT = (
 def group_layout(model: nn.Module, groups: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     """Each group's name -> the names of its parameters (relative to ``model``)."""
     name_of = {id(p): n for n, p in model.named_parameters()}
-    return {g["name"]: [name_of[id(p)] for p in g["params"]] for g in groups}
+    # Groups added by other code (Lightning's BaseFinetuning) may have no name.
+    return {
+        g.get("name", f"pg{i}"): [name_of[id(p)] for p in g["params"]] for i, g in enumerate(groups)
+    }
 
 
 def check_group_layout(

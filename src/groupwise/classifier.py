@@ -101,16 +101,19 @@ class Classifier(LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        self._evaluate(batch, "val", self.val_acc)
+        return self._evaluate(batch, "val", self.val_acc)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        self._evaluate(batch, "test", self.test_acc)
+        return self._evaluate(batch, "test", self.test_acc)
 
-    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
+        """Log loss and accuracy; return the logits (callbacks such as the confusion
+        matrix read them; Lightning 2 keeps no outputs, so nothing accumulates)."""
         loss, logits, labels = self._loss(batch)
         accuracy(logits, labels)
         self.log(f"{stage}/loss", loss, sync_dist=True, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
+        return logits.detach()
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         """Class probabilities for each image."""

@@ -5,8 +5,10 @@ Lightning's ``LightningCLI`` does the parsing, YAML configs, dotted overrides an
 the CLI's automatic ``configure_optimizers`` is turned off (it would make one anonymous
 parameter group), and two callbacks are always present, each configurable from YAML under
 its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
-(``last.ckpt``, rewritten every epoch) and ``lr_monitor`` (every named group's lr, momentum
-and weight decay once per epoch in TensorBoard).
+(``last.ckpt``, rewritten every epoch), ``lr_monitor`` (every named group's lr, momentum
+and weight decay once per epoch in TensorBoard), ``group_stats`` (each group's gradient
+norm, parameter norm and update ratio every N steps) and ``confusion_matrix`` (an image
+at each validation end).
 
 Why a second ``ModelCheckpoint`` for ``last.ckpt``: since Lightning 2.6 ``save_last=True``
 writes ``last.ckpt`` only when a top-k checkpoint is saved in the same step, so with a
@@ -17,10 +19,11 @@ the config's ``model`` section by the hyperparameters saved in the checkpoint, s
 groups, optimizer or net would be silently ignored; here the file is only checked to be a
 readable checkpoint, and the net and group-layout checks of ``Classifier`` then apply.
 
-Every trainer also gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set)
-and ``FiniteLossGuard``; and ``--ckpt_path last`` means the newest ``last.ckpt`` of any
-earlier run under the logger's directory (Lightning's own ``"last"`` looks only in the
-new run's version directory, so a resume in a new process would silently start afresh).
+Every trainer also gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set),
+``FiniteLossGuard`` and ``GroupPlan`` (the group table in the run directory and
+TensorBoard); and ``--ckpt_path last`` means the newest ``last.ckpt`` of any earlier run
+under the logger's directory (Lightning's own ``"last"`` looks only in the new run's
+version directory, so a resume in a new process would silently start afresh).
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from groupwise.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.cifar10 import CIFAR10DataModule
 from groupwise.classifier import Classifier
+from groupwise.confusion_matrix import ConfusionMatrix
 from groupwise.finite_loss import FiniteLossGuard
+from groupwise.group_plan import GroupPlan
+from groupwise.group_stats import GroupStats
 from groupwise.lr_monitor import LearningRateMonitor
 
 
@@ -64,6 +70,8 @@ class GroupwiseCLI(LightningCLI):
                 "last_checkpoint.enable_version_counter": False,  # overwrite, no last-v1
             }
         )
+        parser.add_lightning_class_args(GroupStats, "group_stats")
+        parser.add_lightning_class_args(ConfusionMatrix, "confusion_matrix")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults(
             {
@@ -95,7 +103,7 @@ class GroupwiseCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks.append(FiniteLossGuard())
+        trainer.callbacks += [FiniteLossGuard(), GroupPlan()]
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:

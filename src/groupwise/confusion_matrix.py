@@ -56,7 +56,8 @@ class ConfusionMatrix(Callback):
 
     Args:
         num_classes: number of classes; ``None`` takes ``pl_module.num_classes``.
-        class_names: tick labels; ``None`` numbers the classes 0, 1, ...
+        class_names: tick labels; ``None`` takes the DataModule's ``classes`` when there
+            are as many, else numbers the classes 0, 1, ...
     """
 
     def __init__(
@@ -70,8 +71,10 @@ class ConfusionMatrix(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         num_classes = self.num_classes or pl_module.num_classes
         self.metric = MulticlassConfusionMatrix(num_classes)
-        if self.class_names is None:
-            self.class_names = [str(index) for index in range(num_classes)]
+        if self.class_names is None:  # the DataModule's names (CIFAR-10's), else numbers
+            names = getattr(trainer.datamodule, "classes", None)
+            fits = names is not None and len(names) == num_classes
+            self.class_names = list(names) if fits else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for {num_classes} classes: {self.class_names}"

@@ -20,7 +20,6 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from groupwise.param_groups import _cell, describe, format_table
 
@@ -40,8 +39,13 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 class GroupPlan(Callback):
     """Save each optimizer's group table to ``param_groups.txt`` and TensorBoard text."""
 
-    @rank_zero_only
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every rank must ask: under DDP ``trainer.log_dir`` is a broadcast from rank 0, so
+        # reading it in rank-zero-only code deadlocks (rank 0 waits in the broadcast while
+        # the others wait in the next barrier).
+        log_dir = trainer.log_dir
+        if not trainer.is_global_zero:
+            return
         tables, markdown = [], []
         for optimizer in trainer.optimizers:
             rows = describe(optimizer.param_groups, optimizer.defaults)
@@ -49,8 +53,8 @@ class GroupPlan(Callback):
             markdown.append(markdown_table(rows))
         if not tables:
             return
-        if trainer.log_dir is not None:
-            path = Path(trainer.log_dir) / FILENAME
+        if log_dir is not None:
+            path = Path(log_dir) / FILENAME
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("\n\n".join(tables) + "\n")
         for logger in trainer.loggers:
