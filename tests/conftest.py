@@ -1,12 +1,19 @@
-"""Shared fixtures: the real CIFAR-10 JPEGs for the tests marked `slow`."""
+"""Shared fixtures: a tiny fabricated CIFAR-10, and the real JPEGs for tests marked `slow`."""
 
 from pathlib import Path
 
 import pytest
+from fake_cifar import write_image_folder
 from torchvision.datasets.utils import extract_archive
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """80 training images (8 per class) and 20 test images, image-folder layout (PNG)."""
+    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8, with_test=True)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 from cli_run import LENET, RESNET18, quick
-from fake_cifar import write_image_folder
 from fault_injection import RecordTrainStart
 from file_snapshot import assert_kept, snapshot
 
@@ -45,11 +44,6 @@ GROUPS = {
     "swapped": '[{"name": "features", "modules": ["classifier"]},'
     ' {"name": "classifier", "modules": ["features"], "lr_scale": 10}]',
 }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8, with_test=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,12 @@ from pathlib import Path
 
 import pytest
 from cli_run import LENET, quick
-from fake_cifar import write_image_folder
 from file_snapshot import assert_kept, snapshot
 
 from groupwise.cli import run
 from groupwise.param_groups import ParamGroupError
 
 LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from cli_run import GROUPWISE, LENET, RESNET18, f32, quick, scalars, tensorboard_hparams
-from fake_cifar import write_image_folder
 
 from groupwise.classifier import Classifier
 from groupwise.cli import run
 from groupwise.nets import LeNet5
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """80 training images (8 per class) and 20 test images, image-folder layout."""
-    root = tmp_path_factory.mktemp("cifar")
-    return write_image_folder(root, n_per_class=8, with_test=True)
 
 
 def test_fit_logs_each_group_lr_halved_at_each_milestone(data_dir, tmp_path):

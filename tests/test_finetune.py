@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from cli_run import LENET, f32, groupwise, load, quick, scalars
-from fake_cifar import write_image_folder
 from lightning.pytorch import Callback
 from torch import nn
 
@@ -92,11 +91,6 @@ def names(prefix: str) -> list[str]:
 
 
 FEATURES, CLASSIFIER = names("features."), names("classifier.")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
 
 
 @pytest.fixture(scope="module")

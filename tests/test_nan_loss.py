@@ -9,12 +9,10 @@ added the way a user adds a callback, ``--trainer.callbacks+=...``.
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from cli_run import LENET, quick
-from fake_cifar import write_image_folder
 from file_snapshot import snapshot
 
 from groupwise.checkpoint_io import load_checkpoint_file
@@ -32,11 +30,6 @@ def all_finite(checkpoint: dict) -> bool:
     for optimizer in checkpoint.get("optimizer_states", []):
         tensors += [t for state in optimizer["state"].values() for t in state.values()]
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,10 @@ Each run is the `groupwise` command in a subprocess: 60 training images in batch
 
 import json
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 from cli_run import LENET, f32, groupwise, load, quick, scalars
-from fake_cifar import write_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +20,6 @@ SCHEDULE = [
     "--model.scheduler.init_args.gamma", "0.5",
     "--trainer.deterministic", "true",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from cli_run import LENET, groupwise, quick
-from fake_cifar import write_image_folder
 from fault_injection import RecordTrainStart
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -199,11 +198,6 @@ def histograms(run_dir: Path) -> dict[str, int]:
         tag: int(events.Histograms(tag)[0].histogram_value.num)
         for tag in events.Tags()["histograms"]
     }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
 
 
 @pytest.fixture(scope="module")
