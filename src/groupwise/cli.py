@@ -134,14 +134,16 @@ def newest_last_checkpoint(trainer: Trainer) -> str | None:
     return str(found[-1])
 
 
-def run(args: ArgsType = None) -> GroupwiseCLI:
-    """Run the CLI on ``args`` (``sys.argv`` when ``None``) and return it (for tests)."""
+def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
+    """Run the CLI on ``args`` (``sys.argv`` when ``None``) and return it (for tests and
+    tools); ``kwargs`` go to ``LightningCLI``, e.g. ``run=False`` to build without running."""
     return GroupwiseCLI(
         Classifier,
         CIFAR10DataModule,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
+        **kwargs,
     )
 
 

@@ -29,9 +29,7 @@ from matplotlib.ticker import NullLocator
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from groupwise.cifar10 import CIFAR10DataModule
-from groupwise.classifier import Classifier
-from groupwise.cli import GroupwiseCLI
+from groupwise.cli import GroupwiseCLI, run
 from groupwise.param_groups import describe, format_table
 
 Schedule = dict[str, list[float]]  # group name -> lr at each epoch (0-based)
@@ -43,13 +41,7 @@ def load(args: Sequence[str]) -> GroupwiseCLI:
     with warnings.catch_warnings():
         # The arguments come from this module's own command line: that is intended.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return GroupwiseCLI(
-            Classifier,
-            CIFAR10DataModule,
-            auto_configure_optimizers=False,
-            run=False,
-            args=list(args),
-        )
+        return run(list(args), run=False)
 
 
 def configure(model: LightningModule) -> tuple[Optimizer, LRScheduler | None, int]:
