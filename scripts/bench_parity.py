@@ -1,0 +1,252 @@
+"""Compare the template's ``fit`` with a plain PyTorch loop doing the same work, on CPU.
+
+Run from the repository root:
+
+    .venv/bin/python scripts/bench_parity.py [--data-dir data/cifar10-jpeg] [--steps 300]
+        [--repeats 5]
+
+Both sides train LeNet-5 on the real CIFAR-10 training images held in memory as uint8
+(the DataModule's ``train_set``: 45,000 images, 5,000 held out), batches of 128 drawn from
+a per-epoch permutation, the DataModule's keyed crop/flip + normalise on each batch, the
+two parameter groups of ``configs/lenet.yaml`` (``features`` at lr 0.005, ``classifier`` at
+10x) built by ``build_param_groups``, SGD momentum 0.9, weight decay 5e-4, cross-entropy,
+``--steps`` optimizer steps, no validation.
+
+* template: ``GroupwiseCLI`` with ``configs/lenet.yaml`` exactly as ``groupwise fit`` builds
+  it (progress bar, LearningRateMonitor, GroupStats, both checkpoints, TensorBoard,
+  GroupPlan, FiniteLossGuard), ``--trainer.max_steps``, ``--trainer.limit_val_batches 0``,
+  CPU, into a temporary directory; timed from ``on_train_start`` to ``on_train_end`` by a
+  callback appended to the trainer (so the epoch-end checkpoint write is included).
+* plain: a hand-written loop over the same tensors, no Lightning; timed from the first
+  batch's index to the last optimizer step.
+* lean template (the attribution variant): the same as template with the progress bar off
+  and the GroupStats callback removed.
+
+The three run back to back in one process, in a rotating order, ``--repeats`` times after
+one short warm-up of each. Reports median images/s (steps * batch size / seconds) of each
+and the median of the per-repeat ratios template / plain and lean / plain. The DataModule's
+decode cache must exist (run ``groupwise fit`` or ``scripts/bench_loader.py`` once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from torch.nn import functional as F
+
+from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
+from groupwise.cifar10 import CIFAR10DataModule
+from groupwise.classifier import Classifier
+from groupwise.cli import GroupwiseCLI
+from groupwise.group_stats import GroupStats
+from groupwise.nets import LeNet5
+from groupwise.param_groups import build_param_groups
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "lenet.yaml"
+# The groups and optimizer of configs/lenet.yaml, for the plain loop.
+GROUPS = [
+    {"name": "features", "modules": ["features"]},
+    {"name": "classifier", "modules": ["classifier"], "lr_scale": 10.0},
+]
+SGD = functools.partial(torch.optim.SGD, lr=0.005, momentum=0.9, weight_decay=5e-4)
+SEED = 0  # seed_everything in configs/lenet.yaml; keys shuffling and augmentation
+
+
+class TrainTimer(Callback):
+    """Seconds from ``on_train_start`` to ``on_train_end``, and how much of that lies
+    outside the steps (before the first batch's start, after the last batch's end)."""
+
+    def __init__(self) -> None:
+        self.start = self.end = self.first_batch = self.last_batch = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.first_batch:
+            self.first_batch = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.last_batch = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.end = time.perf_counter()
+
+    @property
+    def outside_steps(self) -> float:
+        return (self.first_batch - self.start) + (self.end - self.last_batch)
+
+
+def template_fit(data_dir: Path, steps: int, root: str, lean: bool) -> tuple[float, float]:
+    """Seconds of training through the template's CLI, with its default callbacks, and
+    the part of them outside the steps (loader start, epoch end: checkpoint, logger)."""
+    args = [
+        "--config",
+        str(CONFIG),
+        f"--data.data_dir={data_dir}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.enable_progress_bar={not lean}",
+    ]
+    # the same constructor arguments as groupwise.cli.run, without running a subcommand
+    cli = GroupwiseCLI(
+        Classifier,
+        CIFAR10DataModule,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=False,
+    )
+    trainer = cli.trainer
+    if lean:
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, GroupStats)]
+    timer = TrainTimer()
+    trainer.callbacks.append(timer)
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    if trainer.global_step != steps:
+        raise RuntimeError(f"the template ran {trainer.global_step} steps, not {steps}")
+    return timer.end - timer.start, timer.outside_steps
+
+
+def plain_fit(images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int) -> float:
+    """Seconds of the same training as a hand-written loop, no Lightning."""
+    torch.manual_seed(SEED)
+    net = LeNet5(num_classes=10)
+    defaults = SGD([torch.zeros(1, requires_grad=True)]).defaults
+    optimizer = SGD(build_param_groups(net, GROUPS, defaults))
+    net.train()
+    n = len(labels)
+    step = epoch = 0
+    start = time.perf_counter()
+    while step < steps:
+        # the permutation of EpochRandomSampler: randperm(n) seeded with seed + epoch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED + epoch))
+        for first in range(0, n, batch_size):
+            index = order[first : first + batch_size]
+            batch = keyed_crop_flip(images[index], index, SEED, epoch, padding=4)
+            batch = normalize(batch, CIFAR10_MEAN, CIFAR10_STD)
+            loss = F.cross_entropy(net(batch), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step == steps:
+                break
+        epoch += 1
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "cifar10-jpeg")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per fit")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of the three fits")
+    parser.add_argument("--warmup-steps", type=int, default=30, help="steps of the warm-up")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--show-logs", action="store_true", help="let Lightning's output and progress bar through"
+    )
+    args = parser.parse_args()
+    if not args.data_dir.is_dir():
+        sys.exit(f"no CIFAR-10 at {args.data_dir}; pass --data-dir")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.show_logs:  # Lightning's info lines (summary, group table) for every fit
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+        logging.getLogger("groupwise").setLevel(logging.WARNING)
+    batch_size = 128  # configs/lenet.yaml's data.batch_size
+
+    datamodule = CIFAR10DataModule(str(args.data_dir))  # val_size 5000, split seed 0
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    images, labels = datamodule.train_set.tensors
+
+    kinds = ["template", "plain", "lean"]
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    outside: dict[str, list[float]] = {kind: [] for kind in kinds}
+
+    def fit(kind: str, steps: int, root: str) -> tuple[float, float]:
+        if kind == "plain":
+            return plain_fit(images, labels, steps, batch_size), 0.0
+        # the progress bar is drawn (as in a terminal) into a buffer, kept off our table
+        with contextlib.ExitStack() as quiet:
+            if not args.show_logs:
+                quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            return template_fit(args.data_dir, steps, root, lean=kind == "lean")
+
+    with tempfile.TemporaryDirectory() as root:
+        for kind in kinds:  # warm-up: imports, allocator, first-call costs
+            fit(kind, args.warmup_steps, root)
+        for repeat in range(args.repeats):
+            order = kinds[repeat % 3 :] + kinds[: repeat % 3]
+            for kind in order:
+                total, outside_steps = fit(kind, args.steps, root)
+                seconds[kind].append(total)
+                outside[kind].append(outside_steps)
+            print(
+                f"round {repeat} ({' -> '.join(order)}): "
+                + ", ".join(f"{kind} {seconds[kind][-1]:.2f} s" for kind in kinds),
+                flush=True,
+            )
+
+    def rate(s: float) -> float:
+        return args.steps * batch_size / s
+
+    ratio = [p / t for t, p in zip(seconds["template"], seconds["plain"], strict=True)]
+    lean_ratio = [p / t for t, p in zip(seconds["lean"], seconds["plain"], strict=True)]
+    rows = [
+        ("plain PyTorch loop", statistics.median(rate(s) for s in seconds["plain"]), None),
+        (
+            "template fit (all default callbacks)",
+            statistics.median(rate(s) for s in seconds["template"]),
+            ratio,
+        ),
+        (
+            "template fit, no progress bar, no GroupStats",
+            statistics.median(rate(s) for s in seconds["lean"]),
+            lean_ratio,
+        ),
+    ]
+    print(
+        f"\nLeNet-5, {args.data_dir.name} ({len(labels):,} training images), batch {batch_size},"
+        f" {args.steps} steps, {args.repeats} rounds, CPU, torch threads "
+        f"{torch.get_num_threads()}"
+    )
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'':<{width}}  {'median img/s':>12}  {'median ratio vs plain (min-max)':>31}")
+    for name, images_per_s, ratios in rows:
+        ratio_text = (
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+            if ratios
+            else "1"
+        )
+        print(f"{name:<{width}}  {images_per_s:>12,.0f}  {ratio_text:>31}")
+    print("ratio = plain seconds / template seconds of the same round (throughput ratio)")
+    for kind in ("template", "lean"):
+        print(
+            f"{kind}: median {statistics.median(outside[kind]):.3f} s of "
+            f"{statistics.median(seconds[kind]):.3f} s outside the steps (before the first "
+            "batch starts, after the last ends: epoch-end checkpoint, logger)"
+        )
+
+
+if __name__ == "__main__":
+    main()
