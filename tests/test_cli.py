@@ -75,6 +75,12 @@ def test_validate_and_test_a_checkpoint(data_dir, tmp_path):
     assert accuracy * 20 == pytest.approx(round(accuracy * 20))
     assert "test/loss" in test.trainer.callback_metrics
 
+    # predict: class probabilities for each of the 20 test images, from the checkpoint.
+    predict = run(["predict", "--config", LENET, *quick(data_dir, tmp_path), "--ckpt_path", last])
+    probabilities = torch.cat(predict.trainer.predict_loop.predictions)
+    assert probabilities.shape == (20, 10)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(20))
+
     # A checkpoint written by the CLI rebuilds its net from the saved config alone.
     restored = Classifier.load_from_checkpoint(last)
     assert isinstance(restored.net, LeNet5)
