@@ -47,8 +47,7 @@ from torch.nn import functional as F
 
 from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
 from groupwise.cifar10 import CIFAR10DataModule
-from groupwise.classifier import Classifier
-from groupwise.cli import GroupwiseCLI
+from groupwise.cli import run
 from groupwise.group_stats import GroupStats
 from groupwise.nets import LeNet5
 from groupwise.param_groups import build_param_groups
@@ -102,15 +101,7 @@ def template_fit(data_dir: Path, steps: int, root: str, lean: bool) -> tuple[flo
         f"--trainer.default_root_dir={root}",
         f"--trainer.enable_progress_bar={not lean}",
     ]
-    # the same constructor arguments as groupwise.cli.run, without running a subcommand
-    cli = GroupwiseCLI(
-        Classifier,
-        CIFAR10DataModule,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=False,
-    )
+    cli = run(args, run=False)  # the CLI as `groupwise fit` builds it, fit started below
     trainer = cli.trainer
     if lean:
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, GroupStats)]
