@@ -1,9 +1,10 @@
 """CIFAR-10 as a LightningDataModule: whole splits in memory as uint8, batched augmentation.
 
 Files on disk are decoded once (and cached) by :mod:`groupwise.cifar10_files`. Loaders
-hand out ``(uint8 images N x 3 x 32 x 32, int64 labels)`` batches, one tensor index per
-batch; random crop, flip and normalisation run on the whole batch on the model's
-device in ``on_after_batch_transfer``.
+hand out ``(uint8 images N x 3 x 32 x 32, int64 labels, int64 indices)`` batches, one
+tensor index per batch; random crop, flip (keyed by the indices) and normalisation run on
+the whole batch on the model's device in ``on_after_batch_transfer``, which hands the model
+``(float images, labels)``.
 """
 
 from __future__ import annotations

@@ -7,11 +7,10 @@ one in ``on_validation_batch_end`` and, at validation epoch end, draws it with m
 (Agg, no display) and logs it as the image ``val/confusion_matrix`` (rows: true class,
 columns: predicted class; each cell the image count) at ``trainer.global_step``.
 
-Logits: ``Classifier.validation_step`` returns none today, so the callback runs the model
+Logits: ``Classifier.validation_step`` returns its logits and they are used as they are.
+For a LightningModule whose ``validation_step`` returns none, the callback runs the model
 on the batch's images again (``pl_module(images)`` under ``no_grad``; the batch the hook
-gets is the one after ``on_after_batch_transfer``, i.e. normalised as validation saw it).
-If ``validation_step`` returns the logits (a ``(batch, classes)`` tensor) they are used
-instead, and the second forward pass goes away. The sanity-check batches are not counted.
+gets is the one after ``on_after_batch_transfer``, i.e. normalised as validation saw it). The sanity-check batches are not counted.
 """
 
 from __future__ import annotations
