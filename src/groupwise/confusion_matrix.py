@@ -10,7 +10,8 @@ columns: predicted class; each cell the image count) at ``trainer.global_step``.
 Logits: ``Classifier.validation_step`` returns its logits and they are used as they are.
 For a LightningModule whose ``validation_step`` returns none, the callback runs the model
 on the batch's images again (``pl_module(images)`` under ``no_grad``; the batch the hook
-gets is the one after ``on_after_batch_transfer``, i.e. normalised as validation saw it). The sanity-check batches are not counted.
+gets is the one after ``on_after_batch_transfer``, i.e. normalised as validation saw it).
+The sanity-check batches are not counted.
 """
 
 from __future__ import annotations
