@@ -238,6 +238,55 @@ def test_augments_only_training_batches(folder, training, augment, augmented, mo
     assert torch.equal(x, normalize(images)) is not augmented
 
 
+def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` moved down ``dy`` and right ``dx`` pixels (either sign), zeros moved in."""
+    p = max(abs(dy), abs(dx))
+    padded = torch.nn.functional.pad(image, (p, p, p, p))
+    h, w = image.shape[-2:]
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
+def crop_flip_candidates(
+    image: torch.Tensor, max_shift: int
+) -> dict[tuple[int, int, bool], torch.Tensor]:
+    """Every shift of at most ``max_shift`` pixels each way, flipped and not."""
+    shifts = range(-max_shift, max_shift + 1)
+    return {
+        (dy, dx, flip): shifted(image, dy, dx).flip(-1) if flip else shifted(image, dy, dx)
+        for dy in shifts
+        for dx in shifts
+        for flip in (False, True)
+    }
+
+
+@pytest.mark.parametrize("crop_padding", [0, 2])
+def test_crop_padding_bounds_the_shift(folder, crop_padding):
+    dm = make_dm(folder, crop_padding=crop_padding)
+    dm.trainer = SimpleNamespace(training=True, current_epoch=0)
+    images, labels = numbered_batch(64)
+    x, _ = dm.on_after_batch_transfer((images, labels, torch.arange(64)), 0)
+    seen = set()
+    for i in range(64):
+        # a numbered image differs from each of its other shifts and flips
+        found = [
+            key
+            for key, candidate in crop_flip_candidates(images[i], max_shift=3).items()
+            if torch.equal(x[i], normalize(candidate[None])[0])
+        ]
+        assert len(found) == 1, (i, found)
+        seen.add(found[0])
+    assert max(max(abs(dy), abs(dx)) for dy, dx, _ in seen) == crop_padding
+    assert {flip for _, _, flip in seen} == {False, True}
+    if crop_padding == 0:
+        assert {(dy, dx) for dy, dx, _ in seen} == {(0, 0)}  # flips only
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bad_crop_padding_is_a_clear_error(folder, bad):
+    with pytest.raises(ValueError, match=rf"crop_padding must be an int >= 0 .* got {bad}$"):
+        make_dm(folder, crop_padding=bad)
+
+
 class Recorder(L.LightningModule):
     """Records the batches its steps receive."""
 

@@ -1,15 +1,19 @@
 """CIFAR-10 as a LightningDataModule: whole splits in memory as uint8, batched augmentation.
 
-Files on disk are decoded once (and cached) by :mod:`groupwise.cifar10_files`. Loaders
-hand out ``(uint8 images N x 3 x 32 x 32, int64 labels, int64 indices)`` batches, one
-tensor index per batch; random crop, flip (keyed by the indices) and normalisation run on
-the whole batch on the model's device in ``on_after_batch_transfer``, which hands the model
-``(float images, labels)``.
+Files on disk are decoded once (and cached) by :mod:`groupwise.cifar10_files`. By default
+loaders hand out ``(uint8 images N x 3 x 32 x 32, int64 labels, int64 indices)`` batches,
+one tensor index per batch; random crop, flip (keyed by the indices) and normalisation run
+on the whole batch on the model's device in ``on_after_batch_transfer``, which hands the
+model ``(float images, labels)``. With a user's ``train_transform`` / ``eval_transform``
+those splits go image by image through :class:`groupwise.per_sample.PerSampleDataset`
+instead, and the hook passes their batches on as they are.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,10 @@ from groupwise.cifar10_files import (
     load_split,
     read_classes,
 )
+from groupwise.per_sample import PerSampleDataset
+
+# the init args that may hold a transform object (see ``CIFAR10DataModule.__init__``)
+_TRANSFORM_ARGS = ("train_transform", "eval_transform")
 
 
 class BatchTensorDataset(TensorDataset):
@@ -88,8 +96,39 @@ class CIFAR10DataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes; 0 (load in the main process) is fastest
             here, since a batch is one tensor index.
         seed: Seed of the train/validation split only (not of shuffling or augmentation).
-        augment: Random crop (zero padding 4) and horizontal flip of training batches.
+        augment: Random crop (zero padding ``crop_padding``) and horizontal flip of training
+            batches, on the batched path (ignored when ``train_transform`` is given).
         cache: Cache the decoded images in ``<data_dir>/.groupwise_cache/``.
+        crop_padding: Zero padding (pixels) of the batched random crop, so shifts of up to
+            that many pixels each way; 0 means flip only, no crop.
+        train_transform: When given, training batches are built image by image (in the
+            DataLoader's workers when ``num_workers > 0``) with this transform in place of
+            the batched crop, flip and normalisation. It gets one uint8 tensor ``(C, H, W)``
+            and must return a float tensor normalised as the model should see it: nothing
+            is applied on top. Shuffling stays the same (``EpochRandomSampler``).
+        eval_transform: The same for validation, test and predict; when None those keep
+            the batched normalisation.
+
+    A transform is configured from YAML by its class path, a torchvision v2 pipeline as a
+    ``Compose`` of a list of transforms; a ``torch.dtype`` is written as its import path::
+
+        data:
+          train_transform:
+            class_path: torchvision.transforms.v2.Compose
+            init_args:
+              transforms:
+                - class_path: torchvision.transforms.v2.RandomCrop
+                  init_args: {size: 32, padding: 4}
+                - class_path: torchvision.transforms.v2.RandomHorizontalFlip
+                - class_path: torchvision.transforms.v2.ToDtype
+                  init_args: {dtype: torch.float32, scale: true}
+                - class_path: torchvision.transforms.v2.Normalize
+                  init_args: {mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616]}
+
+    A per-sample transform draws its randomness from torch's global RNG (the main
+    process's, or each worker's, which PyTorch seeds from it), not from the keyed
+    (seed, epoch, index) choice of the batched path: runs are repeatable from the start
+    under ``seed_everything``, but a resumed run draws other crops than an unbroken one.
     """
 
     def __init__(
@@ -102,9 +141,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         seed: int = 0,
         augment: bool = True,
         cache: bool = True,
+        crop_padding: int = 4,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ValueError(
+                f"crop_padding must be an int >= 0 (pixels of zero padding of the random"
+                f" crop; 0 for flip only), got {crop_padding!r}"
+            )
+        self._save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.download = download
         self.val_size = val_size
@@ -113,12 +160,34 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.seed = seed
         self.augment = augment
         self.cache = cache
-        self.train_set: BatchTensorDataset | None = None
-        self.val_set: BatchTensorDataset | None = None
-        self.test_set: BatchTensorDataset | None = None
+        self.crop_padding = crop_padding
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        # a BatchTensorDataset, or a PerSampleDataset where the split has a transform
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
         self.train_indices: torch.Tensor | None = None  # into the training split
         self.val_indices: torch.Tensor | None = None
         self._classes: list[str] | None = None
+
+    def _save_hyperparameters(self) -> None:
+        """``save_hyperparameters()``, with a transform given as an object kept as its repr.
+
+        Under LightningCLI the saved hparams are the config, where a transform is plain data
+        (its ``class_path`` and ``init_args``). A transform object built in Python would be
+        pickled into checkpoints, which are loaded with ``weights_only=True`` and so refused.
+        """
+        with warnings.catch_warnings():
+            # v2 transforms are nn.Modules, for which Lightning advises `ignore=`; the repr
+            # below is what keeps them out of the checkpoint
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        hparams = dict(self.hparams)
+        for name in _TRANSFORM_ARGS:
+            if callable(hparams.get(name)):
+                hparams[name] = repr(hparams[name])
+        self.save_hyperparameters(hparams)
 
     # ---- what the data is --------------------------------------------------------------
 
@@ -160,7 +229,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                     " training images instead (`validate`), or add the test split."
                 ) from e
             self._classes = self._classes or test.classes
-            self.test_set = BatchTensorDataset(test.images, test.labels)
+            self.test_set = _dataset(test.images, test.labels, self.eval_transform)
 
     def _setup_train(self, split: Split) -> None:
         n = len(split.labels)
@@ -174,24 +243,27 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.val_indices = perm[: self.val_size].sort().values
         self.train_indices = perm[self.val_size :].sort().values
         self._classes = split.classes
-        self.train_set = BatchTensorDataset(
-            split.images[self.train_indices], split.labels[self.train_indices]
+        self.train_set = _dataset(
+            split.images[self.train_indices],
+            split.labels[self.train_indices],
+            self.train_transform,
         )
-        self.val_set = BatchTensorDataset(
-            split.images[self.val_indices], split.labels[self.val_indices]
+        self.val_set = _dataset(
+            split.images[self.val_indices], split.labels[self.val_indices], self.eval_transform
         )
 
-    def _loader(self, dataset: BatchTensorDataset | None, stage: str, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: TensorDataset | None, stage: str, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup({stage!r}) before asking for its dataloader")
         # a plain DataLoader with a RandomSampler (sub)class, so Lightning can swap in a
         # DistributedSampler under DDP; drop_last=False keeps every image
+        batched = isinstance(dataset, BatchTensorDataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochRandomSampler(dataset, global_seed()) if shuffle else None,
             num_workers=self.num_workers,
-            collate_fn=pass_through_collate,
+            collate_fn=pass_through_collate if batched else None,  # None: default_collate
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
@@ -216,12 +288,23 @@ class CIFAR10DataModule(L.LightningDataModule):
         LightningModule's. A bare tensor (e.g. a model's ``example_input_array`` on its
         way to the model summary) is treated as the images; float images pass unchanged.
         Each image's crop and flip are keyed by (seed, epoch, its index in the split), so
-        they are the same after a resume and under any number of DDP ranks.
+        they are the same after a resume and under any number of DDP ranks. Batches of a
+        stage with a user's transform (``train_transform`` while training,
+        ``eval_transform`` otherwise) are passed on as they are, whatever their dtype.
         """
         if isinstance(batch, torch.Tensor):
             return self._transform(batch, None)
         images, labels, *index = batch
+        if self._per_sample_stage():
+            return images, labels
         return self._transform(images, index[0] if index else None), labels
+
+    def _per_sample_stage(self) -> bool:
+        """Whether the trainer's current loader comes from a ``PerSampleDataset``."""
+        if self.trainer is None:
+            return False
+        transform = self.train_transform if self.trainer.training else self.eval_transform
+        return transform is not None
 
     def _transform(self, images: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         if images.dtype != torch.uint8:
@@ -230,5 +313,14 @@ class CIFAR10DataModule(L.LightningDataModule):
             if index is None:
                 raise ValueError("training batches need their dataset indices to augment")
             epoch = self.trainer.current_epoch
-            images = keyed_crop_flip(images, index, global_seed(), epoch, padding=4)
+            images = keyed_crop_flip(images, index, global_seed(), epoch, self.crop_padding)
         return normalize(images, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _dataset(
+    images: torch.Tensor, labels: torch.Tensor, transform: Callable | None
+) -> TensorDataset:
+    """The batched dataset of a split, or the per-sample one when it has a transform."""
+    if transform is None:
+        return BatchTensorDataset(images, labels)
+    return PerSampleDataset(images, labels, transform)
