@@ -46,6 +46,20 @@ class Classifier(LightningModule):
         init_weights: a checkpoint whose model weights (only) are loaded when ``fit``
             starts: a new run with a fresh optimizer and schedule. To resume a run
             (optimizer, schedule and epoch too) use ``--ckpt_path`` instead.
+        tta_flip: flip test-time augmentation: in validation, test and predict the logits
+            are the mean of the net's logits on the images and on their left-right mirror
+            images; loss, accuracy and the returned logits are those averaged logits.
+            Training is unaffected.
+        channels_last: hold the net's 4-D parameters and the input images in the
+            ``torch.channels_last`` memory format (faster convolutions on recent GPUs,
+            mostly with mixed precision). Only strides change: the state dict's values
+            are the same, so checkpoints load with or without it.
+        compile: compile the net with ``nn.Module.compile`` (``torch.compile`` of its
+            forward, in place). The state dict keys stay the same, so checkpoints load
+            with or without it. The first steps are slow while it compiles.
+            This and the parameters' conversion of ``channels_last`` happen in
+            ``configure_model``, which a ``Trainer`` calls; a model used without one
+            (e.g. straight after ``load_from_checkpoint``) is neither converted nor compiled.
     """
 
     def __init__(
@@ -59,6 +73,9 @@ class Classifier(LightningModule):
         num_classes: int = 10,
         label_smoothing: float = 0.0,
         init_weights: str | None = None,
+        tta_flip: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the saved hparams are the config (class paths and init args),
@@ -73,6 +90,10 @@ class Classifier(LightningModule):
         self.no_decay_split = no_decay_split
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.tta_flip = tta_flip
+        self.channels_last = channels_last
+        self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
+        self._net_compiled = False
         # average="micro": the fraction of images classified right. torchmetrics' default
         # ("macro", the mean of per-class recalls) differs from it on unbalanced batches.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -80,11 +101,27 @@ class Classifier(LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _logits(self, images: torch.Tensor, tta: bool) -> torch.Tensor:
+        """The net's logits, or with ``tta`` the mean of those of the images and their
+        mirror images."""
+        if not tta:
+            return self(images)
+        # One forward pass over a batch of 2N (the images, then their mirror images) rather
+        # than two passes of N: cheaper on small batches. The batch's make-up changes no
+        # image's logits because in validation, test and predict Lightning puts the net in
+        # eval mode, where BatchNorm uses its running statistics.
+        both = self(torch.cat([images, images.flip(3)]))
+        return both.unflatten(0, (2, len(images))).mean(0)
+
+    def _loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         images, labels = batch
-        logits = self(images)
+        logits = self._logits(images, tta)
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"the net returned logits of shape {tuple(logits.shape)}; expected "
@@ -95,7 +132,9 @@ class Classifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         loss, logits, labels = self._loss(batch)
-        self.train_acc(logits, labels)
+        # update, not a call: calling the metric would also compute this batch's accuracy,
+        # which nothing reads; the epoch's value is computed once when it is logged.
+        self.train_acc.update(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -109,15 +148,15 @@ class Classifier(LightningModule):
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
         """Log loss and accuracy; return the logits (callbacks such as the confusion
         matrix read them; Lightning 2 keeps no outputs, so nothing accumulates)."""
-        loss, logits, labels = self._loss(batch)
+        loss, logits, labels = self._loss(batch, tta=self.tta_flip)
         accuracy(logits, labels)
         self.log(f"{stage}/loss", loss, sync_dist=True, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
         return logits.detach()
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        """Class probabilities for each image."""
-        return self(batch[0]).softmax(dim=-1)
+        """Class probabilities for each image (of the flip-averaged logits with ``tta_flip``)."""
+        return self._logits(batch[0], self.tta_flip).softmax(dim=-1)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_weights:
@@ -127,6 +166,21 @@ class Classifier(LightningModule):
             check_state_dict(checkpoint["state_dict"], self.state_dict(), self.init_weights)
             self.load_state_dict(checkpoint["state_dict"])
             rank_zero_info(f"Initialised the model weights from {self.init_weights}")
+
+    def configure_model(self) -> None:
+        # Lightning's order (trainer._run): setup, configure_model, the restore of a
+        # --ckpt_path checkpoint's weights, then the strategy moves the model to its device,
+        # wraps it (DDP) and calls configure_optimizers. So the optimizer is built on the
+        # converted parameters; a restore copies values into them (``copy_`` keeps their
+        # strides); ``.to(device)`` preserves the memory format. This hook runs for every
+        # trainer call (fit, then test, ...): the conversion is idempotent, compiling is not.
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_net and not self._net_compiled:
+            # nn.Module.compile, not torch.compile(net): the latter wraps the net in an
+            # OptimizedModule whose state dict keys gain an ``_orig_mod.`` prefix.
+            self.net.compile()
+            self._net_compiled = True
 
     def build_param_groups(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The optimizer's param groups from the rules, and the optimizer's defaults."""
