@@ -2,23 +2,24 @@
 
 Run from the repository root:
 
-    .venv/bin/python scripts/bench_parity.py [--data-dir data/cifar10-jpeg] [--steps 300]
-        [--repeats 5]
+    .venv/bin/python scripts/bench_parity.py [--config configs/fast.yaml]
+        [--data-dir data/cifar10-jpeg] [--steps 300] [--repeats 5]
 
-Both sides train LeNet-5 on the real CIFAR-10 training images held in memory as uint8
-(the DataModule's ``train_set``: 45,000 images, 5,000 held out), batches of 128 drawn from
-a per-epoch permutation, the DataModule's keyed crop/flip + normalise on each batch, the
-two parameter groups of ``configs/lenet.yaml`` (``features`` at lr 0.005, ``classifier`` at
-10x) built by ``build_param_groups``, SGD momentum 0.9, weight decay 5e-4, cross-entropy,
-``--steps`` optimizer steps, no validation.
+Both sides train what ``--config`` describes (default ``configs/lenet.yaml``) on the real
+CIFAR-10 training images held in memory as uint8 (the DataModule's ``train_set``: 45,000
+images, 5,000 held out): the same net (same initial weights), parameter groups,
+optimizer, lr schedule (stepped as the config says), loss and label smoothing,
+channels_last setting, batch size, per-epoch permutation and keyed crop/flip + normalise
+on each batch, for ``--steps`` optimizer steps, no validation. The plain loop's objects are
+built from the same parsed config (``groupwise.cli.run(args, run=False)``), so the two
+cannot drift apart; the loop itself is hand-written torch with no Lightning.
 
-* template: ``GroupwiseCLI`` with ``configs/lenet.yaml`` exactly as ``groupwise fit`` builds
-  it (progress bar, LearningRateMonitor, GroupStats, both checkpoints, TensorBoard,
-  GroupPlan, FiniteLossGuard), ``--trainer.max_steps``, ``--trainer.limit_val_batches 0``,
-  CPU, into a temporary directory; timed from ``on_train_start`` to ``on_train_end`` by a
-  callback appended to the trainer (so the epoch-end checkpoint write is included).
-* plain: a hand-written loop over the same tensors, no Lightning; timed from the first
-  batch's index to the last optimizer step.
+* template: ``GroupwiseCLI`` exactly as ``groupwise fit`` builds it (progress bar,
+  LearningRateMonitor, GroupStats, both checkpoints, TensorBoard, GroupPlan,
+  FiniteLossGuard), ``--trainer.max_steps``, ``--trainer.limit_val_batches 0``, CPU, into a
+  temporary directory; timed from ``on_train_start`` to ``on_train_end`` by a callback
+  appended to the trainer (so the epoch-end checkpoint write is included).
+* plain: the hand-written loop; timed from the first batch's index to the last step.
 * lean template (the attribution variant): the same as template with the progress bar off
   and the GroupStats callback removed.
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import io
 import logging
 import statistics
@@ -46,21 +46,12 @@ from lightning.pytorch import Callback
 from torch.nn import functional as F
 
 from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
-from groupwise.cifar10 import CIFAR10DataModule
+from groupwise.cifar10 import global_seed
 from groupwise.cli import run
 from groupwise.group_stats import GroupStats
-from groupwise.nets import LeNet5
-from groupwise.param_groups import build_param_groups
+from groupwise.warmup_linear import WarmupLinearLR
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "lenet.yaml"
-# The groups and optimizer of configs/lenet.yaml, for the plain loop.
-GROUPS = [
-    {"name": "features", "modules": ["features"]},
-    {"name": "classifier", "modules": ["classifier"], "lr_scale": 10.0},
-]
-SGD = functools.partial(torch.optim.SGD, lr=0.005, momentum=0.9, weight_decay=5e-4)
-SEED = 0  # seed_everything in configs/lenet.yaml; keys shuffling and augmentation
 
 
 class TrainTimer(Callback):
@@ -88,20 +79,26 @@ class TrainTimer(Callback):
         return (self.first_batch - self.start) + (self.end - self.last_batch)
 
 
-def template_fit(data_dir: Path, steps: int, root: str, lean: bool) -> tuple[float, float]:
-    """Seconds of training through the template's CLI, with its default callbacks, and
-    the part of them outside the steps (loader start, epoch end: checkpoint, logger)."""
-    args = [
+def cli_args(config: Path, data_dir: Path, steps: int, root: str, lean: bool) -> list[str]:
+    return [
         "--config",
-        str(CONFIG),
+        str(config),
         f"--data.data_dir={data_dir}",
         f"--trainer.max_steps={steps}",
         "--trainer.limit_val_batches=0",
         "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
         f"--trainer.default_root_dir={root}",
         f"--trainer.enable_progress_bar={not lean}",
     ]
-    cli = run(args, run=False)  # the CLI as `groupwise fit` builds it, fit started below
+
+
+def template_fit(
+    config: Path, data_dir: Path, steps: int, root: str, lean: bool
+) -> tuple[float, float]:
+    """Seconds of training through the template's CLI, with its default callbacks, and
+    the part of them outside the steps (loader start, epoch end: checkpoint, logger)."""
+    cli = run(cli_args(config, data_dir, steps, root, lean), run=False)
     trainer = cli.trainer
     if lean:
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, GroupStats)]
@@ -113,36 +110,53 @@ def template_fit(data_dir: Path, steps: int, root: str, lean: bool) -> tuple[flo
     return timer.end - timer.start, timer.outside_steps
 
 
-def plain_fit(images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int) -> float:
-    """Seconds of the same training as a hand-written loop, no Lightning."""
-    torch.manual_seed(SEED)
-    net = LeNet5(num_classes=10)
-    defaults = SGD([torch.zeros(1, requires_grad=True)]).defaults
-    optimizer = SGD(build_param_groups(net, GROUPS, defaults))
+def plain_fit(
+    config: Path, data_dir: Path, steps: int, root: str, images: torch.Tensor, labels: torch.Tensor
+) -> float:
+    """Seconds of the same training as a hand-written loop, no Lightning: the net, groups,
+    optimizer and schedule come from the same config, built but not run by the CLI."""
+    cli = run(cli_args(config, data_dir, steps, root, lean=True), run=False)
+    model, data = cli.model, cli.datamodule
+    seed = global_seed()  # seed_everything of the config, which keys shuffle and crops
+    net = model.net
+    if model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = model.optimizer(model.build_param_groups()[0])
+    scheduler = model.scheduler(optimizer) if model.scheduler else None
+    if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
+        scheduler.set_total_steps(steps)
+    per_step = scheduler is not None and model.scheduler_interval == "step"
     net.train()
-    n = len(labels)
+    n, batch_size = len(labels), data.batch_size
     step = epoch = 0
     start = time.perf_counter()
     while step < steps:
         # the permutation of EpochRandomSampler: randperm(n) seeded with seed + epoch
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED + epoch))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         for first in range(0, n, batch_size):
             index = order[first : first + batch_size]
-            batch = keyed_crop_flip(images[index], index, SEED, epoch, padding=4)
+            batch = keyed_crop_flip(images[index], index, seed, epoch, data.crop_padding)
             batch = normalize(batch, CIFAR10_MEAN, CIFAR10_STD)
-            loss = F.cross_entropy(net(batch), labels[index])
+            if model.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(net(batch), labels[index], label_smoothing=model.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if per_step:
+                scheduler.step()
             step += 1
             if step == steps:
                 break
         epoch += 1
+        if scheduler is not None and not per_step:
+            scheduler.step()
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "lenet.yaml")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "cifar10-jpeg")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per fit")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the three fits")
@@ -154,6 +168,7 @@ def main() -> None:
         "--show-logs", action="store_true", help="let Lightning's output and progress bar through"
     )
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # the CLI below parses its own args, not this script's
     if not args.data_dir.is_dir():
         sys.exit(f"no CIFAR-10 at {args.data_dir}; pass --data-dir")
     if args.threads:
@@ -162,9 +177,10 @@ def main() -> None:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
         logging.getLogger("groupwise").setLevel(logging.WARNING)
-    batch_size = 128  # configs/lenet.yaml's data.batch_size
-
-    datamodule = CIFAR10DataModule(str(args.data_dir))  # val_size 5000, split seed 0
+    with tempfile.TemporaryDirectory() as root:
+        probe = run(cli_args(args.config, args.data_dir, 1, root, True), run=False)
+    datamodule, net_name = probe.datamodule, type(probe.model.net).__name__
+    batch_size = datamodule.batch_size
     datamodule.prepare_data()
     datamodule.setup("fit")
     images, labels = datamodule.train_set.tensors
@@ -175,13 +191,13 @@ def main() -> None:
 
     def fit(kind: str, steps: int, root: str) -> tuple[float, float]:
         if kind == "plain":
-            return plain_fit(images, labels, steps, batch_size), 0.0
+            return plain_fit(args.config, args.data_dir, steps, root, images, labels), 0.0
         # the progress bar is drawn (as in a terminal) into a buffer, kept off our table
         with contextlib.ExitStack() as quiet:
             if not args.show_logs:
                 quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
                 quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-            return template_fit(args.data_dir, steps, root, lean=kind == "lean")
+            return template_fit(args.config, args.data_dir, steps, root, lean=kind == "lean")
 
     with tempfile.TemporaryDirectory() as root:
         for kind in kinds:  # warm-up: imports, allocator, first-call costs
@@ -217,7 +233,8 @@ def main() -> None:
         ),
     ]
     print(
-        f"\nLeNet-5, {args.data_dir.name} ({len(labels):,} training images), batch {batch_size},"
+        f"\n{args.config.name} ({net_name}), {args.data_dir.name} ({len(labels):,} training"
+        f" images), batch {batch_size},"
         f" {args.steps} steps, {args.repeats} rounds, CPU, torch threads "
         f"{torch.get_num_threads()}"
     )

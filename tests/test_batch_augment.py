@@ -9,6 +9,9 @@ from torchvision import transforms as T
 from groupwise.batch_augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    crop,
+    crop_flip,
+    hflip,
     keyed_bits,
     keyed_crop_flip,
     normalize,
@@ -136,3 +139,18 @@ def test_keyed_crop_flip_choices_are_uniform():
         assert len(counts) == 9 and (counts - 10_000).abs().max() < 400  # ~4 sigma
     assert abs(flip.float().mean().item() - 0.5) < 0.01
     assert bits.min() >= 0 and bits.max() < 2**32
+
+
+@pytest.mark.parametrize("padding", [0, 2, 4])
+def test_crop_flip_in_one_gather_equals_crop_then_flip(padding):
+    generator = torch.Generator().manual_seed(padding)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    dy = torch.randint(2 * padding + 1, (64,), generator=generator)
+    dx = torch.randint(2 * padding + 1, (64,), generator=generator)
+    flip = torch.rand(64, generator=generator) < 0.5
+    assert 0 < int(flip.sum()) < 64
+    expected = hflip(crop(images, dy, dx, padding), flip)
+    assert torch.equal(crop_flip(images, dy, dx, flip, padding), expected)
+    # and the mirror of an image's crop is its crop read right to left
+    flipped = crop_flip(images, dy, dx, torch.ones(64, dtype=torch.bool), padding)
+    assert torch.equal(flipped, crop(images, dy, dx, padding).flip(3))

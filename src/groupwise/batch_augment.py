@@ -35,16 +35,31 @@ def _randint(
 def crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
     """Zero-pad each image by ``padding`` and crop back to (H, W) at offset (dy[i], dx[i]),
     each in ``[0, 2 * padding]``: output pixel (y, x) is padded pixel (y + dy, x + dx)."""
+    return crop_flip(images, dy, dx, None, padding)
+
+
+def crop_flip(
+    images: torch.Tensor,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    flip: torch.Tensor | None,
+    padding: int,
+) -> torch.Tensor:
+    """``hflip(crop(images, dy, dx, padding), flip)`` in one gather: a flipped image reads
+    its crop's columns right to left, so no flipped copy of the batch is made."""
     _check_batch(images)
-    if padding == 0:
+    if flip is None and padding == 0:
         return images
     n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))  # zeros, any dtype
+    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
     hp, wp = h + 2 * padding, w + 2 * padding
     rows = dy[:, None] + torch.arange(h, device=images.device)  # (N, H)
-    cols = dx[:, None] + torch.arange(w, device=images.device)  # (N, W)
+    x = torch.arange(w, device=images.device)
+    if flip is not None:  # column x of a flipped crop is column w - 1 - x of the crop
+        x = torch.where(flip[:, None], w - 1 - x, x)  # (N, W)
+    cols = dx[:, None] + x  # (N, W)
     flat_index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
-    out = padded.view(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
+    out = padded.reshape(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
     return out.view(n, c, h, w)
 
 
@@ -120,7 +135,7 @@ def keyed_crop_flip(
     dy = (bits & 0xFFFF) % span
     dx = ((bits >> 16) & 0x7FFF) % span
     flip = (bits >> 31) == 1
-    return hflip(crop(images, dy, dx, padding), flip)
+    return crop_flip(images, dy, dx, flip, padding)
 
 
 def normalize(
@@ -134,4 +149,4 @@ def normalize(
     """
     _check_batch(images)
     scaled = TF.to_dtype(images, torch.float32, scale=True)
-    return TF.normalize(scaled, mean=list(mean), std=list(std))
+    return TF.normalize(scaled, mean=list(mean), std=list(std), inplace=True)  # our copy
