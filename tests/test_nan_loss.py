@@ -4,7 +4,10 @@ earlier run under the same root is untouched.
 
 The NaN is injected by ``fault_injection.PoisonAtStep`` (one weight set to NaN before the
 batch of global step 4, the 2nd batch of epoch 1: 60 training images in batches of 20),
-added the way a user adds a callback, ``--trainer.callbacks+=...``.
+added the way a user adds a callback, ``--trainer.callbacks+=...``. Every test runs twice:
+with the guard reading the loss every step (its CPU default) and with the device-side check
+read only every 50 steps (its accelerator default), where the NaN is caught by the check
+before validation, still before any checkpoint.
 """
 
 import json
@@ -32,17 +35,18 @@ def all_finite(checkpoint: dict) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
-@pytest.fixture(scope="module")
-def poisoned(data_dir, tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=[None, 50], ids=["read-every-step", "read-every-50"])
+def poisoned(data_dir, tmp_path_factory, request) -> dict:
     """A clean one-epoch run, then a two-epoch run under the same root that hits a NaN."""
     root = tmp_path_factory.mktemp("runs")
+    every = [] if request.param is None else [f"--finite_loss.check_every_n_steps={request.param}"]
     run(["fit", "--config", LENET, *quick(data_dir, root, "--trainer.max_epochs", "1")])
     before = snapshot(root)
     with pytest.raises(NonFiniteLossError) as error:
         run(
             ["fit", "--config", LENET]
             + quick(data_dir, root, "--trainer.max_epochs", "2")
-            + [f"--trainer.callbacks+={POISON}"]
+            + [f"--trainer.callbacks+={POISON}", *every]
         )
     return {"root": root, "before": before, "message": str(error.value)}
 

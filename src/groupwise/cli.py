@@ -19,11 +19,12 @@ the config's ``model`` section by the hyperparameters saved in the checkpoint, s
 groups, optimizer or net would be silently ignored; here the file is only checked to be a
 readable checkpoint, and the net and group-layout checks of ``Classifier`` then apply.
 
-Every trainer also gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set),
-``FiniteLossGuard`` and ``GroupPlan`` (the group table in the run directory and
-TensorBoard); and ``--ckpt_path last`` means the newest ``last.ckpt`` of any earlier run
-under the logger's directory (Lightning's own ``"last"`` looks only in the new run's
-version directory, so a resume in a new process would silently start afresh).
+A ``finite_loss`` callback (``FiniteLossGuard``) is always present too. Every trainer also
+gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set) and ``GroupPlan`` (the
+group table in the run directory and TensorBoard); and ``--ckpt_path last`` means the
+newest ``last.ckpt`` of any earlier run under the logger's directory (Lightning's own
+``"last"`` looks only in the new run's version directory, so a resume in a new process
+would silently start afresh).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class GroupwiseCLI(LightningCLI):
                 "last_checkpoint.enable_version_counter": False,  # overwrite, no last-v1
             }
         )
+        # a forced callback, so Lightning orders it before the ModelCheckpoints: its checks at
+        # epoch end and before validation run before they save
+        parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
         parser.add_lightning_class_args(GroupStats, "group_stats")
         parser.add_lightning_class_args(ConfusionMatrix, "confusion_matrix")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -103,7 +107,7 @@ class GroupwiseCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks += [FiniteLossGuard(), GroupPlan()]
+        trainer.callbacks += [GroupPlan()]
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -3,8 +3,14 @@
 What Lightning lacks: ``Trainer(detect_anomaly=True)`` is a slow autograd mode, and
 ``EarlyStopping(check_finite=True)`` looks only at a monitored metric after validation,
 by which time ``last.ckpt`` may already hold the diverged weights. This callback checks
-the training loss after every step and raises at once; no checkpoint is written after it,
+the training loss of every step and raises; no checkpoint is written after a bad loss,
 so the last good one stays on disk.
+
+Reading a GPU loss on the host waits for the GPU, so on accelerators the check stays on
+the device (a flag and the index of the first bad step, no host read) and the host reads
+it only every ``check_every_n_steps`` steps, before validation, at the end of each epoch
+and of training, and before any checkpoint is written. On the CPU a host read costs
+nothing and every step is read at once.
 """
 
 from __future__ import annotations
@@ -21,10 +27,23 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class FiniteLossGuard(Callback):
-    """Raise ``NonFiniteLossError`` naming the step and every group's lr on a bad loss.
+    """Raise ``NonFiniteLossError`` naming the first bad step and every group's lr then.
 
-    The check reads the loss on the host after each step (as the progress bar does).
+    Args:
+        check_every_n_steps: steps between host reads of the device-side check; ``None``
+            reads every step on the CPU and every 50 steps on an accelerator.
     """
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ValueError(
+                f"check_every_n_steps must be a positive integer or None, got {check_every_n_steps}"
+            )
+        self.check_every_n_steps = check_every_n_steps
+        # (epoch, batch_idx, global_step, lrs) of each step since the last host read
+        self._steps: list[tuple[int, int, int, list[tuple[str, float]]]] = []
+        self._first_bad: torch.Tensor | None = None  # index into _steps, -1 while all finite
+        self._bad_loss: torch.Tensor | None = None
 
     def on_train_batch_end(
         self,
@@ -35,18 +54,55 @@ class FiniteLossGuard(Callback):
         batch_idx: int,
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+        if loss is None:
             return
-        lrs = ", ".join(
-            f"{group.get('name', f'pg{i}')}={group['lr']:g}"
+        loss = loss.detach().float().sum()
+        lrs = [
+            (group.get("name", f"pg{i}"), group["lr"])
             for optimizer in trainer.optimizers
             for i, group in enumerate(optimizer.param_groups)
-        )
+        ]
+        index = len(self._steps)
+        self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step, lrs))
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._bad_loss = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self._first_bad < 0)  # device ops: no host read
+        self._first_bad = torch.where(first, index, self._first_bad)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
+        every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 50)
+        if len(self._steps) >= every:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.check(trainer)  # raising here aborts the save before anything is written
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Read the device-side flag (one host read); raise if a step's loss was bad."""
+        if self._first_bad is None or not self._steps:
+            return
+        first = int(self._first_bad)
+        if first < 0:
+            self._steps.clear()
+            return
+        epoch, batch_idx, global_step, lrs = self._steps[first]
         saved = [cb.last_model_path or cb.best_model_path for cb in trainer.checkpoint_callbacks]
         kept = ", ".join(p for p in saved if p) or "none written yet"
         raise NonFiniteLossError(
-            f"training loss is {loss.item()} at epoch {trainer.current_epoch}, batch "
-            f"{batch_idx}, global step {trainer.global_step}; learning rates: {lrs}. "
+            f"training loss is {self._bad_loss.item()} at epoch {epoch}, batch {batch_idx}, "
+            f"global step {global_step}; learning rates: "
+            f"{', '.join(f'{name}={lr:g}' for name, lr in lrs)}. "
             f"Training stopped; the last good checkpoint is kept: {kept}. Try a lower lr for "
             "the groups above, gradient clipping (--trainer.gradient_clip_val), or fp32."
         )

@@ -1,0 +1,75 @@
+"""FiniteLossGuard's host reads: every step on the CPU by default, every N steps when asked
+(the accelerator default, where a host read waits for the device), and the first bad step
+is still the one named."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from groupwise.finite_loss import FiniteLossGuard, NonFiniteLossError
+
+
+@pytest.fixture
+def host_reads(monkeypatch) -> list[int]:
+    """Counts ``int(tensor)`` and ``tensor.item()`` calls (the guard's only host reads)."""
+    reads: list[int] = []
+    to_int, item = torch.Tensor.__int__, torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "__int__", lambda t: reads.append(1) or to_int(t))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    return reads
+
+
+def fake_trainer() -> SimpleNamespace:
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([{"params": [weight], "name": "features"}], lr=0.25)
+    return SimpleNamespace(
+        current_epoch=0, global_step=0, optimizers=[optimizer], checkpoint_callbacks=[]
+    )
+
+
+def steps(guard: FiniteLossGuard, trainer: SimpleNamespace, losses: list[float]) -> None:
+    for loss in losses:
+        trainer.global_step += 1
+        guard.on_train_batch_end(trainer, None, torch.tensor(loss), None, trainer.global_step - 1)
+
+
+def test_cpu_default_reads_every_step(host_reads):
+    guard, trainer = FiniteLossGuard(), fake_trainer()
+    steps(guard, trainer, [1.0, 0.5, 0.25])
+    assert len(host_reads) == 3
+    with pytest.raises(NonFiniteLossError, match="global step 4;"):
+        steps(guard, trainer, [float("inf")])
+
+
+def test_every_n_steps_reads_once_per_n_and_names_the_first_bad_step(host_reads):
+    guard, trainer = FiniteLossGuard(check_every_n_steps=4), fake_trainer()
+    steps(guard, trainer, [1.0] * 8)
+    assert len(host_reads) == 2  # after steps 4 and 8
+    steps(guard, trainer, [1.0, float("nan"), float("inf")])  # steps 9-11: no read yet
+    assert len(host_reads) == 2
+    with pytest.raises(NonFiniteLossError) as error:
+        steps(guard, trainer, [2.0])  # step 12: the read finds step 10, the first bad one
+    assert str(error.value).startswith(
+        "training loss is nan at epoch 0, batch 9, global step 10; learning rates: features=0.25."
+    )
+
+
+@pytest.mark.parametrize("hook", ["on_validation_start", "on_train_epoch_end", "on_train_end"])
+def test_a_pending_bad_loss_is_read_before_validation_and_at_ends(hook):
+    guard, trainer = FiniteLossGuard(check_every_n_steps=50), fake_trainer()
+    steps(guard, trainer, [1.0, float("nan")])
+    with pytest.raises(NonFiniteLossError, match="global step 2;"):
+        getattr(guard, hook)(trainer, None)
+
+
+def test_a_pending_bad_loss_stops_a_checkpoint_save():
+    guard, trainer = FiniteLossGuard(check_every_n_steps=50), fake_trainer()
+    steps(guard, trainer, [float("nan")])
+    with pytest.raises(NonFiniteLossError, match="none written yet"):
+        guard.on_save_checkpoint(trainer, None, {})
+
+
+def test_bad_check_every_n_steps():
+    with pytest.raises(ValueError, match="positive integer or None, got 0"):
+        FiniteLossGuard(check_every_n_steps=0)
