@@ -22,6 +22,7 @@ from groupwise.checkpoint_compat import (
 from groupwise.checkpoint_io import load_checkpoint_file
 from groupwise.param_groups import build_param_groups, describe, format_table
 from groupwise.scheduler_checks import check_interval, check_milestones
+from groupwise.warmup_linear import WarmupLinearLR
 
 
 class Classifier(LightningModule):
@@ -202,10 +203,26 @@ class Classifier(LightningModule):
         scheduler = self.scheduler(optimizer)
         check_milestones(scheduler)
         check_interval(scheduler, self.scheduler_interval)
+        if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
+            scheduler.set_total_steps(self._run_length())
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _run_length(self) -> int:
+        """Scheduler steps in the whole run: optimizer steps (all epochs, after DDP sharding
+        and gradient accumulation) for ``scheduler_interval: step``, else epochs."""
+        if self.scheduler_interval == "step":
+            steps = self.trainer.estimated_stepping_batches
+        else:
+            steps = self.trainer.max_epochs if self.trainer.max_epochs != -1 else float("inf")
+        if steps == float("inf") or steps is None:
+            raise ValueError(
+                "WarmupLinearLR with total_steps: null needs a finite run: set"
+                " trainer.max_epochs (or trainer.max_steps), or give total_steps"
+            )
+        return int(steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.
