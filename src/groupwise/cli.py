@@ -19,7 +19,9 @@ the config's ``model`` section by the hyperparameters saved in the checkpoint, s
 groups, optimizer or net would be silently ignored; here the file is only checked to be a
 readable checkpoint, and the net and group-layout checks of ``Classifier`` then apply.
 
-A ``finite_loss`` callback (``FiniteLossGuard``) is always present too. Every trainer also
+A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
+default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
+every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
 gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set) and ``GroupPlan`` (the
 group table in the run directory and TensorBoard); and ``--ckpt_path last`` means the
 newest ``last.ckpt`` of any earlier run under the logger's directory (Lightning's own
@@ -35,7 +37,8 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -48,6 +51,7 @@ from groupwise.finite_loss import FiniteLossGuard
 from groupwise.group_plan import GroupPlan
 from groupwise.group_stats import GroupStats
 from groupwise.lr_monitor import LearningRateMonitor
+from groupwise.progress_bar import ProgressBar
 
 
 class GroupwiseCLI(LightningCLI):
@@ -108,6 +112,11 @@ class GroupwiseCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [GroupPlan()]
+        bar = trainer.progress_bar_callback
+        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
+        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])
+        if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
+            trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
