@@ -14,8 +14,10 @@ Measures, on the image-folder JPEGs:
 * images/s over one training epoch of (a) this template's loader + the DataModule's
   batched crop/flip/normalize (``on_after_batch_transfer`` as in training), median of
   ``--epochs``; (b) torchvision ``ImageFolder`` with per-sample ``RandomCrop(32, 4)``,
-  ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` and ``DataLoader(num_workers=2)``
-  over the same training images (worker start-up included), median of ``--epochs``.
+  ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` and a ``DataLoader`` over the same
+  training images (worker start-up included), median of ``--epochs``. Both run with the
+  same ``num_workers``, once for each count in ``--workers`` (default 0 and 2), and the
+  ratio is reported per count and best against best.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ def start_in_fresh_process(data_dir: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def template_images_per_s(data_dir: Path, batch_size: int, epochs: int) -> float:
+def template_images_per_s(data_dir: Path, batch_size: int, workers: int, epochs: int) -> float:
     from groupwise.cifar10 import CIFAR10DataModule
 
-    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, batch_size=batch_size)
+    dm = CIFAR10DataModule(
+        data_dir=str(data_dir), download=False, batch_size=batch_size, num_workers=workers
+    )
     dm.prepare_data()
     dm.setup("fit")
     dm.trainer = SimpleNamespace(training=True, current_epoch=0)  # what the hook reads
@@ -111,7 +115,9 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=1, help="fresh processes, median")
     parser.add_argument("--cached-runs", type=int, default=5, help="fresh processes, median")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each loader, median")
-    parser.add_argument("--baseline-workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2], help="num_workers of both loaders"
+    )
     parser.add_argument("--start-once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data_dir: Path = args.data_dir
@@ -135,10 +141,12 @@ def main() -> None:
         shutil.rmtree(data_dir / ".groupwise_cache", ignore_errors=True)
         cold.append(start_in_fresh_process(data_dir))
     cached = [start_in_fresh_process(data_dir) for _ in range(args.cached_runs)]
-    ours = template_images_per_s(data_dir, args.batch_size, args.epochs)
-    baseline = torchvision_images_per_s(
-        data_dir, args.batch_size, args.baseline_workers, args.epochs
-    )
+    ours = {
+        w: template_images_per_s(data_dir, args.batch_size, w, args.epochs) for w in args.workers
+    }
+    baseline = {
+        w: torchvision_images_per_s(data_dir, args.batch_size, w, args.epochs) for w in args.workers
+    }
 
     rows = [
         (
@@ -146,18 +154,25 @@ def main() -> None:
             f"{statistics.median(cold):.2f} s",
         ),
         (f"cached start (median of {len(cached)})", f"{statistics.median(cached):.2f} s"),
-        (
-            f"template loader + batched augment, {args.epochs} epochs median",
-            f"{ours:,.0f} img/s",
-        ),
-        (
-            f"ImageFolder + per-sample transforms, {args.baseline_workers} workers, median",
-            f"{baseline:,.0f} img/s",
-        ),
-        ("ratio template / ImageFolder", f"{ours / baseline:.1f}x"),
     ]
+    for w in args.workers:
+        rows += [
+            (f"template loader + batched augment, {w} workers", f"{ours[w]:,.0f} img/s"),
+            (f"ImageFolder + per-sample transforms, {w} workers", f"{baseline[w]:,.0f} img/s"),
+            (f"ratio template / ImageFolder, {w} workers", f"{ours[w] / baseline[w]:.1f}x"),
+        ]
+    best, best_base = max(ours, key=ours.get), max(baseline, key=baseline.get)
+    rows.append(
+        (
+            f"ratio best template ({best} workers) / best ImageFolder ({best_base} workers)",
+            f"{ours[best] / baseline[best_base]:.1f}x",
+        )
+    )
     width = max(len(name) for name, _ in rows)
-    print(f"\n{data_dir}, batch size {args.batch_size}, start = prepare_data() + setup('fit')")
+    print(
+        f"\n{data_dir}, batch size {args.batch_size}, start = prepare_data() + setup('fit'),"
+        f" images/s = median of {args.epochs} epochs"
+    )
     for name, value in rows:
         print(f"{name:<{width}}  {value:>14}")
     print(f"cold starts: {', '.join(f'{t:.2f}' for t in cold)} s")

@@ -218,9 +218,14 @@ class Classifier(LightningModule):
         else:
             steps = self.trainer.max_epochs if self.trainer.max_epochs != -1 else float("inf")
         if steps == float("inf") or steps is None:
+            needs = (
+                "trainer.max_epochs or trainer.max_steps"
+                if self.scheduler_interval == "step"
+                else "trainer.max_epochs (scheduler_interval: epoch counts epochs)"
+            )
             raise ValueError(
-                "WarmupLinearLR with total_steps: null needs a finite run: set"
-                " trainer.max_epochs (or trainer.max_steps), or give total_steps"
+                f"WarmupLinearLR with total_steps: null needs a finite run: set {needs},"
+                " or give total_steps"
             )
         return int(steps)
 

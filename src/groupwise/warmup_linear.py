@@ -25,8 +25,11 @@ class WarmupLinearLR(LRScheduler):
             ``scheduler_interval: step``, epochs with ``epoch``). ``None``: the
             ``Classifier`` sets it from the trainer before the first step.
         warmup_fraction: part of the run spent warming up, in [0, 1).
-        start_factor: factor of the first step, in (0, 1].
-        end_factor: factor reached at the last step, in [0, 1].
+        start_factor: factor of the first step, in (0, 1]; unused when the warm-up
+            rounds to 0 steps.
+        end_factor: factor reached at step ``total_steps``, just after the run's last
+            optimizer step, so the last step trains at a small non-zero lr (as the
+            fastest published trainers do), in [0, 1].
     """
 
     def __init__(
