@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_run import ROOT, groupwise, load, quick, scalars
 
 from groupwise.cli import run
@@ -57,8 +58,10 @@ def test_checkpoint_scheduler_length_is_epochs_times_steps_per_epoch(single):
     (scheduler,) = last["lr_schedulers"]
     assert scheduler["total_steps"] == EPOCHS * STEPS_PER_EPOCH == 16
     assert scheduler["last_epoch"] == last["global_step"] == 16
-    # stepped past its last step: end_factor 0 times each group's peak lr (0.2)
-    assert scheduler["base_lrs"] == [0.2, 0.2]
+    # stepped past its last step: end_factor 0 times each group's peak lr (the config's)
+    config = yaml.safe_load(Path(FAST).read_text())["model"]
+    peak = config["optimizer"]["init_args"]["lr"]
+    assert scheduler["base_lrs"] == [peak * config["param_groups"][0]["lr_scale"], peak]
     groups = last["optimizer_states"][0]["param_groups"]
     assert [(group["name"], group["lr"]) for group in groups] == [("norm", 0.0), ("weights", 0.0)]
 
