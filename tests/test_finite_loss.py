@@ -12,10 +12,11 @@ from groupwise.finite_loss import FiniteLossGuard, NonFiniteLossError
 
 @pytest.fixture
 def host_reads(monkeypatch) -> list[int]:
-    """Counts ``int(tensor)`` and ``tensor.item()`` calls (the guard's only host reads)."""
+    """Counts ``int(tensor)``, ``bool(tensor)`` and ``tensor.item()`` calls (host reads)."""
     reads: list[int] = []
-    to_int, item = torch.Tensor.__int__, torch.Tensor.item
+    to_int, to_bool, item = torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "__int__", lambda t: reads.append(1) or to_int(t))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or to_bool(t))
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
     return reads
 

@@ -64,13 +64,18 @@ class FiniteLossGuard(Callback):
         ]
         index = len(self._steps)
         self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step, lrs))
+        every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 50)
+        if every == 1:  # read now: the flag's device ops would only add work
+            if not bool(torch.isfinite(loss)):
+                self._first_bad, self._bad_loss = torch.tensor(index), loss
+            self.check(trainer)
+            return
         if self._first_bad is None or self._first_bad.device != loss.device:
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
             self._bad_loss = torch.zeros((), device=loss.device)
         first = ~torch.isfinite(loss) & (self._first_bad < 0)  # device ops: no host read
         self._first_bad = torch.where(first, index, self._first_bad)
         self._bad_loss = torch.where(first, loss, self._bad_loss)
-        every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 50)
         if len(self._steps) >= every:
             self.check(trainer)
 
@@ -90,9 +95,9 @@ class FiniteLossGuard(Callback):
 
     def check(self, trainer: L.Trainer) -> None:
         """Read the device-side flag (one host read); raise if a step's loss was bad."""
-        if self._first_bad is None or not self._steps:
+        if not self._steps:
             return
-        first = int(self._first_bad)
+        first = -1 if self._first_bad is None else int(self._first_bad)
         if first < 0:
             self._steps.clear()
             return
