@@ -154,6 +154,34 @@ def plain_fit(
     return time.perf_counter() - start
 
 
+def profile(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Print the seconds per step of the functions where a template fit and a plain loop
+    spend their time (cProfile, cumulative), side by side."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as quiet:
+        if not args.show_logs:
+            quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        template_fit(args.config, args.data_dir, args.warmup_steps, root, lean=False)  # warm
+        stats = {}
+        for kind in ("template", "plain"):
+            profiler = cProfile.Profile()
+            profiler.enable()
+            if kind == "template":
+                template_fit(args.config, args.data_dir, args.steps, root, lean=False)
+            else:
+                plain_fit(args.config, args.data_dir, args.steps, root, images, labels)
+            profiler.disable()
+            stats[kind] = pstats.Stats(profiler)
+    for kind, stat in stats.items():
+        print(f"\n{kind}: top 40 functions by cumulative time, ms per step ({args.steps} steps)")
+        rows = sorted(stat.stats.items(), key=lambda item: -item[1][3])[:40]
+        for (path, line, name), (_, calls, _, cumulative, _) in rows:
+            where = f"{Path(path).name}:{line}({name})"
+            print(f"{cumulative / args.steps * 1e3:9.3f} ms  {calls:>8} calls  {where}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "lenet.yaml")
@@ -166,6 +194,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--show-logs", action="store_true", help="let Lightning's output and progress bar through"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: one template fit and one plain loop under cProfile, where the time goes",
     )
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the CLI below parses its own args, not this script's
@@ -184,6 +217,10 @@ def main() -> None:
     datamodule.prepare_data()
     datamodule.setup("fit")
     images, labels = datamodule.train_set.tensors
+
+    if args.profile:
+        profile(args, images, labels)
+        return
 
     kinds = ["template", "plain", "lean"]
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
