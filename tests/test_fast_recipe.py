@@ -101,7 +101,8 @@ def test_ddp_runs_the_recipe_unchanged_with_half_the_steps(single, data_dir, tmp
     logged = scalars(tmp_path / "lightning_logs/version_0")
     steps, lrs = zip(*logged["lr-SGD/weights"], strict=True)
     assert steps == (0, 4)
-    assert lrs == pytest.approx((0.2 * 0.001, 0.2 * (1 - (4 - 2) / (8 - 2))), rel=1e-6)
+    peak = yaml.safe_load(Path(FAST).read_text())["model"]["optimizer"]["init_args"]["lr"]
+    assert lrs == pytest.approx((peak * 0.001, peak * (1 - (4 - 2) / (8 - 2))), rel=1e-6)
 
     rank0, rank1 = (load(path) for path in sorted((tmp_path / "ranks").glob("rank*.pt")))
     assert sorted(rank0["state_dict"]) == sorted(rank1["state_dict"])
