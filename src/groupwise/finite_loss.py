@@ -57,19 +57,15 @@ class FiniteLossGuard(Callback):
         if loss is None:
             return
         loss = loss.detach().float().sum()
-        lrs = [
-            (group.get("name", f"pg{i}"), group["lr"])
-            for optimizer in trainer.optimizers
-            for i, group in enumerate(optimizer.param_groups)
-        ]
-        index = len(self._steps)
-        self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step, lrs))
+        step = (trainer.current_epoch, batch_idx, trainer.global_step, _lrs(trainer))
         every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 50)
-        if every == 1:  # read now: the flag's device ops would only add work
+        if every == 1:  # read now: the device-side flag would only add work
             if not bool(torch.isfinite(loss)):
-                self._first_bad, self._bad_loss = torch.tensor(index), loss
-            self.check(trainer)
+                self._raise(trainer, step, loss.item())
             return
+        # the lrs of every pending step: a per-step schedule changes them between reads
+        index = len(self._steps)
+        self._steps.append(step)
         if self._first_bad is None or self._first_bad.device != loss.device:
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
             self._bad_loss = torch.zeros((), device=loss.device)
@@ -97,17 +93,29 @@ class FiniteLossGuard(Callback):
         """Read the device-side flag (one host read); raise if a step's loss was bad."""
         if not self._steps:
             return
-        first = -1 if self._first_bad is None else int(self._first_bad)
+        first = int(self._first_bad)
         if first < 0:
             self._steps.clear()
             return
-        epoch, batch_idx, global_step, lrs = self._steps[first]
+        self._raise(trainer, self._steps[first], self._bad_loss.item())
+
+    def _raise(self, trainer: L.Trainer, step: tuple, loss: float) -> None:
+        epoch, batch_idx, global_step, lrs = step
         saved = [cb.last_model_path or cb.best_model_path for cb in trainer.checkpoint_callbacks]
         kept = ", ".join(p for p in saved if p) or "none written yet"
         raise NonFiniteLossError(
-            f"training loss is {self._bad_loss.item()} at epoch {epoch}, batch {batch_idx}, "
+            f"training loss is {loss} at epoch {epoch}, batch {batch_idx}, "
             f"global step {global_step}; learning rates: "
             f"{', '.join(f'{name}={lr:g}' for name, lr in lrs)}. "
             f"Training stopped; the last good checkpoint is kept: {kept}. Try a lower lr for "
             "the groups above, gradient clipping (--trainer.gradient_clip_val), or fp32."
         )
+
+
+def _lrs(trainer: L.Trainer) -> list[tuple[str, float]]:
+    """Every param group's name and lr, as the error message names them."""
+    return [
+        (group.get("name", f"pg{i}"), group["lr"])
+        for optimizer in trainer.optimizers
+        for i, group in enumerate(optimizer.param_groups)
+    ]
