@@ -116,7 +116,7 @@ def main() -> None:
     if not args.data_dir.is_dir():
         sys.exit(f"no CIFAR-10 at {args.data_dir}; pass --data-dir (see the README)")
 
-    from groupwise.cifar10 import CIFAR10DataModule
+    from groupwise.data.cifar10 import CIFAR10DataModule
 
     CIFAR10DataModule(str(args.data_dir), download=False).prepare_data()  # the decode cache
 

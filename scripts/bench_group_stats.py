@@ -30,8 +30,8 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from groupwise.callbacks.group_stats import GroupStats
 from groupwise.classifier import Classifier
-from groupwise.group_stats import GroupStats
 from groupwise.nets import LeNet5
 
 GROUPS = [

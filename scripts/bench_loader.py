@@ -39,7 +39,7 @@ ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
 
 def timed_start(data_dir: Path) -> float:
     """Seconds from DataModule construction through ``setup("fit")``."""
-    from groupwise.cifar10 import CIFAR10DataModule
+    from groupwise.data.cifar10 import CIFAR10DataModule
 
     start = time.perf_counter()
     dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
@@ -64,7 +64,7 @@ def per_sample_transform():
     import torch
     from torchvision.transforms import v2
 
-    from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD
+    from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD
 
     return v2.Compose(
         [
@@ -79,7 +79,7 @@ def per_sample_transform():
 def template_images_per_s(
     data_dir: Path, batch_size: int, workers: int, epochs: int, per_sample: bool = False
 ) -> float:
-    from groupwise.cifar10 import CIFAR10DataModule
+    from groupwise.data.cifar10 import CIFAR10DataModule
 
     dm = CIFAR10DataModule(
         data_dir=str(data_dir),
@@ -108,8 +108,8 @@ def torchvision_images_per_s(data_dir: Path, batch_size: int, workers: int, epoc
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
-    from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD
-    from groupwise.cifar10 import CIFAR10DataModule
+    from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD
+    from groupwise.data.cifar10 import CIFAR10DataModule
 
     dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
     dm.setup("fit")  # the same 45,000 training images

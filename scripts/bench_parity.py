@@ -45,11 +45,11 @@ import torch
 from lightning.pytorch import Callback
 from torch.nn import functional as F
 
-from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
-from groupwise.cifar10 import global_seed
+from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
-from groupwise.group_stats import GroupStats
-from groupwise.warmup_linear import WarmupLinearLR
+from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
+from groupwise.data.cifar10 import global_seed
+from groupwise.optim.warmup_linear import WarmupLinearLR
 
 REPO = Path(__file__).resolve().parents[1]
 

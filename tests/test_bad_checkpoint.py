@@ -24,8 +24,8 @@ from cli_run import LENET, RESNET18, quick
 from fault_injection import RecordTrainStart
 from file_snapshot import assert_kept, snapshot
 
-from groupwise.checkpoint_compat import LAYOUT_KEY
-from groupwise.checkpoint_io import CheckpointError, load_checkpoint_file
+from groupwise.checkpoint.compat import LAYOUT_KEY
+from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.classifier import Classifier
 from groupwise.cli import run
 
@@ -285,7 +285,7 @@ def test_init_weights_starts_a_new_run_with_other_groups_from_the_weights(root, 
 
 
 def test_layout_of_unnamed_groups_uses_lightnings_pg_names():
-    from groupwise.checkpoint_compat import group_layout
+    from groupwise.checkpoint.compat import group_layout
     from groupwise.nets import LeNet5
 
     net = LeNet5()

@@ -18,7 +18,7 @@ from cli_run import LENET, quick
 from file_snapshot import assert_kept, snapshot
 
 from groupwise.cli import run
-from groupwise.param_groups import ParamGroupError
+from groupwise.optim.param_groups import ParamGroupError
 
 LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
 

@@ -25,9 +25,9 @@ from file_snapshot import snapshot
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from groupwise import cifar10_files, safe_pickle
-from groupwise.cifar10 import CIFAR10DataModule
-from groupwise.cifar10_files import (
+from groupwise.data import cifar10_files, safe_pickle
+from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.data.cifar10_files import (
     CIFAR10DownloadError,
     CIFAR10FileError,
     CIFAR10NotFoundError,

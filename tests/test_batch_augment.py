@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from groupwise.batch_augment import (
+from groupwise.data.batch_augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     crop,

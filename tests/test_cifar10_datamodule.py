@@ -9,10 +9,10 @@ from fake_cifar import CLASSES, write_image_folder, write_python_layout
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 
-from groupwise import cifar10_files
-from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
-from groupwise.cifar10 import BatchTensorDataset, CIFAR10DataModule
-from groupwise.cifar10_files import CIFAR10NotFoundError, cache_path
+from groupwise.data import cifar10_files
+from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
+from groupwise.data.cifar10 import BatchTensorDataset, CIFAR10DataModule
+from groupwise.data.cifar10_files import CIFAR10NotFoundError, cache_path
 
 # the value a zero (padding) pixel of the red channel takes after normalisation
 RED_ZERO = normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8))[0, 0, 0, 0].item()

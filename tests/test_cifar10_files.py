@@ -20,8 +20,8 @@ from fake_cifar import (
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from groupwise import cifar10_files
-from groupwise.cifar10_files import (
+from groupwise.data import cifar10_files
+from groupwise.data.cifar10_files import (
     CIFAR10DownloadError,
     CIFAR10FileError,
     CIFAR10NotFoundError,

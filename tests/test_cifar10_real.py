@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from groupwise import cifar10_files
-from groupwise.cifar10 import CIFAR10DataModule
-from groupwise.cifar10_files import CIFAR10_CLASSES, cache_path, load_split
+from groupwise.data import cifar10_files
+from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.data.cifar10_files import CIFAR10_CLASSES, cache_path, load_split
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from cli_run import LENET, quick, scalars
 from fake_cifar import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from groupwise.callbacks.confusion_matrix import ConfusionMatrix, draw
 from groupwise.cli import run
-from groupwise.confusion_matrix import ConfusionMatrix, draw
 
 
 def test_fit_logs_the_matrix_of_every_validation(tmp_path):

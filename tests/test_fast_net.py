@@ -11,7 +11,7 @@ from cli_run import ROOT
 from torch import nn
 
 from groupwise.nets import FastNet
-from groupwise.param_groups import build_param_groups
+from groupwise.optim.param_groups import build_param_groups
 
 FAST = ROOT / "configs" / "fast.yaml"
 THREE_WIDTHS = "widths must be three positive channel counts"

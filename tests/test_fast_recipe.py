@@ -17,7 +17,7 @@ from cli_run import ROOT, groupwise, load, quick, scalars
 
 from groupwise.cli import run
 from groupwise.nets import FastNet
-from groupwise.warmup_linear import WarmupLinearLR
+from groupwise.optim.warmup_linear import WarmupLinearLR
 
 FAST = str(ROOT / "configs" / "fast.yaml")
 TINY = ["--model.net.init_args.widths", "[8, 16, 16]", "--model.net.init_args.stem_width", "8"]
@@ -46,7 +46,7 @@ def test_checkpoint_records_the_recipe(single):
     assert saved["tta_flip"] is True and saved["channels_last"] is True
     assert saved["compile"] is False and saved["label_smoothing"] == 0.2
     assert saved["net"]["class_path"] == "groupwise.nets.FastNet"
-    assert saved["scheduler"]["class_path"] == "groupwise.warmup_linear.WarmupLinearLR"
+    assert saved["scheduler"]["class_path"] == "groupwise.optim.WarmupLinearLR"
     assert saved["scheduler"]["init_args"]["total_steps"] is None  # the config: from the run
     assert saved["scheduler_interval"] == "step"
     assert [rule["name"] for rule in saved["param_groups"]] == ["norm", "weights"]

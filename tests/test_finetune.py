@@ -14,10 +14,10 @@ from cli_run import LENET, f32, groupwise, load, quick, scalars
 from lightning.pytorch import Callback
 from torch import nn
 
+from groupwise.callbacks.finetune import FreezeGroups, set_group_lr
 from groupwise.cli import run
-from groupwise.finetune import FreezeGroups, set_group_lr
 from groupwise.nets import LeNet5
-from groupwise.param_groups import build_param_groups
+from groupwise.optim.param_groups import build_param_groups
 
 LR, MOMENTUM, WD = 0.005, 0.9, 5.0e-4  # configs/lenet.yaml; classifier at 10x LR
 EPOCHS = ["--trainer.max_epochs", "3", "--model.scheduler.init_args.milestones", "[1, 2]"]
@@ -28,7 +28,7 @@ def callback_arg(class_path: str, **init_args) -> str:
 
 
 def freeze_arg(**frozen: int) -> str:
-    return callback_arg("groupwise.finetune.FreezeGroups", frozen=frozen)
+    return callback_arg("groupwise.callbacks.FreezeGroups", frozen=frozen)
 
 
 def clone(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from groupwise.finite_loss import FiniteLossGuard, NonFiniteLossError
+from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from cli_run import LENET, quick
 from fake_cifar import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from groupwise.callbacks.group_plan import markdown_table
 from groupwise.cli import run
-from groupwise.group_plan import markdown_table
-from groupwise.param_groups import describe, format_table
+from groupwise.optim.param_groups import describe, format_table
 
 
 def test_fit_saves_the_group_table_as_a_file_and_tensorboard_text(tmp_path):

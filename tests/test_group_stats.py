@@ -9,8 +9,8 @@ import torch
 from cli_run import LENET, groupwise, quick, scalars
 from fake_cifar import write_image_folder
 
+from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
-from groupwise.group_stats import GroupStats
 
 
 class Recorder:

@@ -18,9 +18,9 @@ import torch
 from cli_run import LENET, quick
 from file_snapshot import snapshot
 
-from groupwise.checkpoint_io import load_checkpoint_file
+from groupwise.callbacks.finite_loss import NonFiniteLossError
+from groupwise.checkpoint.io import load_checkpoint_file
 from groupwise.cli import run
-from groupwise.finite_loss import NonFiniteLossError
 
 CLEAN = "lightning_logs/version_0"  # an earlier, finished one-epoch run
 POISONED = "lightning_logs/version_1"  # the run that hits the NaN in its second epoch

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from groupwise.nets import CifarResNet18, LeNet5
-from groupwise.param_groups import ParamGroupError, build_param_groups, describe, format_table
+from groupwise.optim.param_groups import ParamGroupError, build_param_groups, describe, format_table
 
 SGD_DEFAULTS = torch.optim.SGD([torch.zeros(1)], lr=0.1, momentum=0.9, weight_decay=5e-4).defaults
 

@@ -10,10 +10,10 @@ from cli_run import LENET, quick
 from fake_cifar import write_image_folder
 from torchvision.transforms import v2
 
-from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, normalize
-from groupwise.cifar10 import BatchTensorDataset, CIFAR10DataModule
 from groupwise.cli import run
-from groupwise.per_sample import PerSampleDataset
+from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, normalize
+from groupwise.data.cifar10 import BatchTensorDataset, CIFAR10DataModule
+from groupwise.data.per_sample import PerSampleDataset
 
 # a deterministic transform whose output differs from the batched path's in every pixel
 FLIP_NORMALIZE = v2.Compose(

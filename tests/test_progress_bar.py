@@ -8,8 +8,8 @@ import pytest
 from cli_run import LENET, quick
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.cli import run
-from groupwise.progress_bar import ProgressBar
 
 
 def fit_with_bar(data_dir, root, *extra: str):
@@ -26,7 +26,7 @@ def test_metrics_are_read_once_per_interval_and_at_each_epoch_end(
 ):
     bar = json.dumps(
         {
-            "class_path": "groupwise.progress_bar.ProgressBar",
+            "class_path": "groupwise.callbacks.ProgressBar",
             "init_args": {"interval_s": interval_s},
         }
     )

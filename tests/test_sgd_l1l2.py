@@ -10,7 +10,7 @@ from fake_cifar import write_image_folder
 from torch import nn
 
 from groupwise.cli import run
-from groupwise.sgd_l1l2 import SGDL1L2
+from groupwise.optim.sgd_l1l2 import SGDL1L2
 
 LENET = str(Path(__file__).resolve().parents[1] / "configs" / "lenet.yaml")
 
@@ -194,7 +194,7 @@ def test_from_the_cli_by_class_path(tmp_path):
             "--data.data_dir", str(data_dir), "--data.val_size", "10", "--data.batch_size", "10",
             "--trainer.default_root_dir", str(tmp_path), "--trainer.accelerator", "cpu",
             "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false",
-            "--model.optimizer", "groupwise.sgd_l1l2.SGDL1L2",
+            "--model.optimizer", "groupwise.optim.SGDL1L2",
             "--model.optimizer.init_args.lr", "0.01",
             "--model.optimizer.init_args.weight_decay_l1", "1e-5",
             "--model.param_groups", groups,

@@ -17,7 +17,7 @@ import torch
 from cli_run import ROOT, quick, scalars
 
 from groupwise.cli import run
-from groupwise.warmup_linear import WarmupLinearLR
+from groupwise.optim.warmup_linear import WarmupLinearLR
 
 FAST = str(ROOT / "configs" / "fast.yaml")
 LRS = (0.1, 6.4)  # two groups, 64x apart

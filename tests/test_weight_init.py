@@ -12,10 +12,10 @@ from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from groupwise.checkpoint_io import load_checkpoint_file
+from groupwise.callbacks.weight_init import WeightInit
+from groupwise.checkpoint.io import load_checkpoint_file
 from groupwise.cli import run
 from groupwise.nets import CifarResNet18, LeNet5
-from groupwise.weight_init import WeightInit
 
 LENET_CONVS = ["features.0", "features.3"]
 LENET_LINEARS = ["classifier.1", "classifier.3", "classifier.5"]
@@ -171,7 +171,7 @@ def test_same_seed_same_weights_whatever_used_the_global_rng():
 
 
 def weight_init_arg(**init_args) -> str:
-    spec = {"class_path": "groupwise.weight_init.WeightInit", "init_args": init_args}
+    spec = {"class_path": "groupwise.callbacks.WeightInit", "init_args": init_args}
     return f"--trainer.callbacks+={json.dumps(spec)}"
 
 

@@ -12,17 +12,17 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from groupwise.checkpoint_compat import (
+from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
     check_group_layout,
     check_state_dict,
     group_layout,
     saved_layout,
 )
-from groupwise.checkpoint_io import load_checkpoint_file
-from groupwise.param_groups import build_param_groups, describe, format_table
-from groupwise.scheduler_checks import check_interval, check_milestones
-from groupwise.warmup_linear import WarmupLinearLR
+from groupwise.checkpoint.io import load_checkpoint_file
+from groupwise.optim.param_groups import build_param_groups, describe, format_table
+from groupwise.optim.scheduler_checks import check_interval, check_milestones
+from groupwise.optim.warmup_linear import WarmupLinearLR
 
 
 class Classifier(LightningModule):
@@ -38,7 +38,7 @@ class Classifier(LightningModule):
         scheduler: the learning-rate scheduler; ``None`` for none.
         scheduler_interval: step the scheduler after every ``epoch`` (milestones count
             epochs) or every optimizer ``step``.
-        param_groups: group rules, tried in order (see ``groupwise.param_groups``).
+        param_groups: group rules, tried in order (see ``groupwise.optim.param_groups``).
             Parameters no rule matches go to the group ``default``.
         no_decay_split: put each group's biases and norm parameters into
             ``<name>.no_decay`` with weight decay 0.

@@ -43,15 +43,15 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from groupwise.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
-from groupwise.cifar10 import CIFAR10DataModule
+from groupwise.callbacks.confusion_matrix import ConfusionMatrix
+from groupwise.callbacks.finite_loss import FiniteLossGuard
+from groupwise.callbacks.group_plan import GroupPlan
+from groupwise.callbacks.group_stats import GroupStats
+from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.classifier import Classifier
-from groupwise.confusion_matrix import ConfusionMatrix
-from groupwise.finite_loss import FiniteLossGuard
-from groupwise.group_plan import GroupPlan
-from groupwise.group_stats import GroupStats
-from groupwise.lr_monitor import LearningRateMonitor
-from groupwise.progress_bar import ProgressBar
+from groupwise.data.cifar10 import CIFAR10DataModule
 
 
 class GroupwiseCLI(LightningCLI):

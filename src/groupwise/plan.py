@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from groupwise.cli import GroupwiseCLI, run
-from groupwise.param_groups import describe, format_table
+from groupwise.optim.param_groups import describe, format_table
 
 Schedule = dict[str, list[float]]  # group name -> lr at each epoch (0-based)
 

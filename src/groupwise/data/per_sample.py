@@ -1,7 +1,7 @@
 """A dataset that runs a torchvision-style transform on one image at a time.
 
 The DataModule's default path hands out whole uint8 batches and augments them in one go on
-the device (:mod:`groupwise.batch_augment`). A user's own transform (any torchvision v2
+the device (:mod:`groupwise.data.batch_augment`). A user's own transform (any torchvision v2
 pipeline, or any callable) instead runs here, in ``__getitem__``: in the DataLoader's worker
 processes when ``num_workers > 0``, with ``default_collate`` stacking the results.
 """
@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 class PerSampleDataset(TensorDataset):
     """``(transform(images[i]), labels[i])`` for the uint8 images ``(N, C, H, W)``.
 
-    Unlike :class:`groupwise.cifar10.BatchTensorDataset` it has no ``__getitems__``, so the
+    Unlike :class:`groupwise.data.cifar10.BatchTensorDataset` it has no ``__getitems__``, so the
     DataLoader fetches one sample at a time and collates them with ``default_collate``.
 
     Args:

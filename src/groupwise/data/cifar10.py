@@ -1,11 +1,11 @@
 """CIFAR-10 as a LightningDataModule: whole splits in memory as uint8, batched augmentation.
 
-Files on disk are decoded once (and cached) by :mod:`groupwise.cifar10_files`. By default
+Files on disk are decoded once (and cached) by :mod:`groupwise.data.cifar10_files`. By default
 loaders hand out ``(uint8 images N x 3 x 32 x 32, int64 labels, int64 indices)`` batches,
 one tensor index per batch; random crop, flip (keyed by the indices) and normalisation run
 on the whole batch on the model's device in ``on_after_batch_transfer``, which hands the
 model ``(float images, labels)``. With a user's ``train_transform`` / ``eval_transform``
-those splits go image by image through :class:`groupwise.per_sample.PerSampleDataset`
+those splits go image by image through :class:`groupwise.data.per_sample.PerSampleDataset`
 instead, and the hook passes their batches on as they are.
 """
 
@@ -21,8 +21,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from groupwise.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
-from groupwise.cifar10_files import (
+from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
+from groupwise.data.cifar10_files import (
     CIFAR10NotFoundError,
     Split,
     ensure_data,
@@ -30,7 +30,7 @@ from groupwise.cifar10_files import (
     load_split,
     read_classes,
 )
-from groupwise.per_sample import PerSampleDataset
+from groupwise.data.per_sample import PerSampleDataset
 
 # the init args that may hold a transform object (see ``CIFAR10DataModule.__init__``)
 _TRANSFORM_ARGS = ("train_transform", "eval_transform")

@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from groupwise.param_groups import _cell, describe, format_table
+from groupwise.optim.param_groups import _cell, describe, format_table
 
 FILENAME = "param_groups.txt"
 TAG = "param_groups"

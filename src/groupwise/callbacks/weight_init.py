@@ -5,7 +5,7 @@ Add it to a run with::
 
     trainer:
       callbacks:
-        - class_path: groupwise.weight_init.WeightInit
+        - class_path: groupwise.callbacks.WeightInit
           init_args:
             conv: kaiming_normal          # fan_out, relu (torchvision's ResNet init)
             linear: normal                # std `normal_std`
@@ -46,7 +46,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from groupwise.param_groups import format_table
+from groupwise.optim.param_groups import format_table
 
 Scheme = Literal[
     "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal", "normal"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from groupwise.checkpoint_io import CheckpointError
+from groupwise.checkpoint.io import CheckpointError
 
 LAYOUT_KEY = "param_group_layout"
 WEIGHTS_ONLY_HINT = (

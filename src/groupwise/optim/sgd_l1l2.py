@@ -7,7 +7,7 @@ What ``torch.optim.SGD`` lacks: its ``weight_decay`` is L2 only. Here the gradie
 and then exactly ``torch.optim.SGD``'s momentum / dampening / Nesterov rule follows (its
 ``_single_tensor_sgd``; the momentum buffer starts as ``g`` on the first step). With
 ``weight_decay_l1=0`` it takes the same steps as ``torch.optim.SGD(weight_decay=l2)``.
-Use it from YAML as ``class_path: groupwise.sgd_l1l2.SGDL1L2``.
+Use it from YAML as ``class_path: groupwise.optim.SGDL1L2``.
 """
 
 from __future__ import annotations

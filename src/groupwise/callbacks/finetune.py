@@ -52,7 +52,7 @@ YAML::
 
     trainer:
       callbacks:
-        - class_path: groupwise.finetune.FreezeGroups
+        - class_path: groupwise.callbacks.FreezeGroups
           init_args:
             frozen: {features: 2}   # epochs the group (and features.no_decay) stays frozen
 """
@@ -66,7 +66,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from groupwise.param_groups import NO_DECAY_SUFFIX
+from groupwise.optim.param_groups import NO_DECAY_SUFFIX
 
 
 def group_name(group: Mapping[str, Any], index: int) -> str:

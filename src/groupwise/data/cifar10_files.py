@@ -16,7 +16,7 @@ image on every access with PIL; neither gives the whole split as one tensor or c
 the decode. This module does that, and uses torchvision for the download.
 
 Bad input is an error naming the file and what was expected, raised before the cache is
-touched: python batches are unpickled with :mod:`groupwise.safe_pickle` (numpy arrays and
+touched: python batches are unpickled with :mod:`groupwise.data.safe_pickle` (numpy arrays and
 plain data only, so a crafted batch cannot run code) and checked against the official
 format (uint8 ``data`` of shape (N, 3072), N ``labels`` in range); images must decode
 completely and be 32x32; ``test/`` must have the class dirs of ``train/``.
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from groupwise import safe_pickle
+from groupwise.data import safe_pickle
 
 Layout = Literal["python", "image_folder"]
 SplitName = Literal["train", "test"]

@@ -1,0 +1,23 @@
+"""Lightning callbacks that know about named parameter groups, each in its own module."""
+
+from groupwise.callbacks.confusion_matrix import ConfusionMatrix
+from groupwise.callbacks.finetune import FreezeGroups, set_group_lr
+from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from groupwise.callbacks.group_plan import GroupPlan
+from groupwise.callbacks.group_stats import GroupStats
+from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.callbacks.weight_init import WeightInit
+
+__all__ = [
+    "ConfusionMatrix",
+    "FiniteLossGuard",
+    "FreezeGroups",
+    "GroupPlan",
+    "GroupStats",
+    "LearningRateMonitor",
+    "NonFiniteLossError",
+    "ProgressBar",
+    "WeightInit",
+    "set_group_lr",
+]

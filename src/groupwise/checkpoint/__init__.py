@@ -1,0 +1,5 @@
+"""Checkpoint files: atomic saves, safe loads, and whether one fits this run."""
+
+from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint_file"]
