@@ -1,13 +1,27 @@
 """Per-group gradient norm, parameter norm and update ratio in TensorBoard, every N steps.
 
-What Lightning lacks: ``LearningRateMonitor`` logs each named group's *settings* (lr,
-momentum, weight decay); nothing logs what each group's *step* did. ``GroupStats`` logs,
-for every named optimizer param group, every ``every_n_steps`` optimizer steps (at steps
-0, N, 2N, ... counted like ``trainer.global_step``):
+What the libraries give, and what they lack:
+
+- Lightning's ``LearningRateMonitor`` logs each named group's *settings* (lr, momentum,
+  weight decay), not what its step did.
+- Lightning's ``lightning.pytorch.utilities.grad_norm(module, norm_type)`` (used from
+  ``on_before_optimizer_step``) gives the gradient norm of every *parameter* and one
+  *total* over the whole module: nothing per optimizer group, no parameter norms and no
+  update sizes, and it turns each parameter's norm into a Python number (one host sync per
+  parameter, ``torch.tensor`` of a list of tensors) on every call.
+- torch's ``torch.nn.utils.get_total_norm(tensors)`` computes the norm of a list of
+  tensors taken together (one fused ``_foreach_norm``, no host sync): used here for every
+  norm.
+
+So this callback keeps only the grouping and the two quantities nobody logs. For every
+named optimizer param group, every ``every_n_steps`` optimizer steps (at steps 0, N, 2N,
+... counted like ``trainer.global_step``):
 
 - ``groups/<group>/grad_norm``: L2 norm of the group's gradients, as the optimizer sees
   them: after backward and, under DDP, after the gradient all-reduce (so every rank has
-  the same value), after AMP unscaling, *before* gradient clipping;
+  the same value), after AMP unscaling, *before* gradient clipping; it equals the L2 norm
+  of the per-parameter norms ``grad_norm`` gives for the group's parameters, and the
+  groups' norms combine to its total (``tests/test_group_stats.py``);
 - ``groups/<group>/param_norm``: L2 norm of the group's parameters just before the step;
 - ``groups/<group>/update_ratio``: ``||w_after - w_before|| / ||w_before||`` of that step
   (lr times the update direction, relative to the weights; ~1e-3 is the usual healthy
@@ -34,12 +48,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-
-
-def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm over a list of tensors taken together (float32 or wider)."""
-    norms = torch._foreach_norm([t.detach() for t in tensors])
-    return torch.linalg.vector_norm(torch.stack(norms).float())
+from torch.nn.utils import get_total_norm as _norm  # L2 norm of tensors taken together
 
 
 class GroupStats(Callback):
