@@ -30,10 +30,12 @@ def quick(data_dir: Path, root: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def groupwise(*args: str) -> subprocess.CompletedProcess:
-    """`groupwise ARGS` as a user runs it, with tests/ importable for fault injection."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
-    return subprocess.run([GROUPWISE, *args], capture_output=True, text=True, env=env)
+def groupwise(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`groupwise ARGS` as a user runs it, with tests/ importable for fault injection;
+    ``env`` adds variables (``GROUPWISE_DEBUG`` is unset unless given there)."""
+    base = {k: v for k, v in os.environ.items() if k != "GROUPWISE_DEBUG"}
+    full = {**base, "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
+    return subprocess.run([GROUPWISE, *args], capture_output=True, text=True, env=full)
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

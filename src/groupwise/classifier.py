@@ -20,6 +20,7 @@ from groupwise.checkpoint.compat import (
     saved_layout,
 )
 from groupwise.checkpoint.io import load_checkpoint_file
+from groupwise.errors import ConfigError
 from groupwise.optim.param_groups import build_param_groups, describe, format_table
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
 from groupwise.optim.warmup_linear import WarmupLinearLR
@@ -124,7 +125,7 @@ class Classifier(LightningModule):
         images, labels = batch
         logits = self._logits(images, tta)
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"the net returned logits of shape {tuple(logits.shape)}; expected "
                 f"(batch, {self.num_classes}): set the net's number of classes to "
                 f"model.num_classes={self.num_classes}"
@@ -196,17 +197,31 @@ class Classifier(LightningModule):
         groups = build_param_groups(self.net, self.param_groups, defaults, self.no_decay_split)
         return groups, defaults
 
-    def configure_optimizers(self) -> Any:
-        groups, defaults = self.build_param_groups()
-        optimizer = self.optimizer(groups)
-        rank_zero_info(
-            f"{type(optimizer).__name__} parameter groups:\n"
-            + format_table(describe(optimizer.param_groups, defaults))
-        )
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the named parameter groups."""
+        groups, _ = self.build_param_groups()
+        return self.optimizer(groups)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The scheduler of ``optimizer`` (``None`` if there is none), its milestones checked.
+
+        The CLI also builds a throwaway optimizer and scheduler before ``fit`` starts, so a
+        bad group or schedule stops the run before any run directory is made."""
         if self.scheduler is None:
-            return optimizer
+            return None
         scheduler = self.scheduler(optimizer)
         check_milestones(scheduler)
+        return scheduler
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
+        rank_zero_info(
+            f"{type(optimizer).__name__} parameter groups:\n"
+            + format_table(describe(optimizer.param_groups, optimizer.defaults))
+        )
+        scheduler = self.build_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
         check_interval(scheduler, self.scheduler_interval)
         if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
             scheduler.set_total_steps(self._run_length())
@@ -228,7 +243,7 @@ class Classifier(LightningModule):
                 if self.scheduler_interval == "step"
                 else "trainer.max_epochs (scheduler_interval: epoch counts epochs)"
             )
-            raise ValueError(
+            raise ConfigError(
                 f"WarmupLinearLR with total_steps: null needs a finite run: set {needs},"
                 " or give total_steps"
             )

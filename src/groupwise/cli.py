@@ -52,6 +52,8 @@ from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.errors import exit_on_user_error
+from groupwise.preflight import check_before_fit
 
 
 class GroupwiseCLI(LightningCLI):
@@ -108,16 +110,24 @@ class GroupwiseCLI(LightningCLI):
             load_checkpoint_file(ckpt_path)  # a clear error for a missing or broken file
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        user_callbacks = self.configured_callbacks()
+        if self.subcommand == "fit":  # before the trainer: nothing is written yet
+            check_before_fit(self.model, user_callbacks)
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [GroupPlan()]
         bar = trainer.progress_bar_callback
-        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
-        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])
+        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks)
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
             trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()
         return trainer
+
+    def configured_callbacks(self) -> list[Any]:
+        """The instantiated callbacks of the config's ``trainer.callbacks``."""
+        key = f"{self.subcommand}.trainer.callbacks" if self.subcommand else "trainer.callbacks"
+        callbacks = self.config_init.get(key) or []
+        return list(callbacks) if isinstance(callbacks, list) else [callbacks]
 
     def _run_subcommand(self, subcommand: str) -> None:
         config = self.config_init[subcommand]
@@ -161,5 +171,6 @@ def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
 
 
 def main() -> None:
-    """The ``groupwise`` console script."""
-    run()
+    """The ``groupwise`` console script: a ``UserError`` prints one message and exits 2."""
+    with exit_on_user_error():
+        run()

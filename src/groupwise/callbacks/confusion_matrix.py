@@ -31,6 +31,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from groupwise.errors import ConfigError
+
 TAG = "val/confusion_matrix"
 INCHES_PER_CLASS = 0.8
 MIN_INCHES = 6.4  # matplotlib's default figure width
@@ -70,7 +72,7 @@ class ConfusionMatrix(Callback):
             fits = names is not None and len(names) == num_classes
             self.class_names = list(names) if fits else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(self.class_names)} class names for {num_classes} classes: {self.class_names}"
             )
 

@@ -66,6 +66,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
+from groupwise.errors import ConfigError, did_you_mean
 from groupwise.optim.param_groups import NO_DECAY_SUFFIX
 
 
@@ -77,7 +78,7 @@ def group_name(group: Mapping[str, Any], index: int) -> str:
 def matching_groups(
     param_groups: Sequence[Mapping[str, Any]], name: str
 ) -> list[Mapping[str, Any]]:
-    """The groups called ``name`` or ``<name>.no_decay``; a ``ValueError`` naming the groups
+    """The groups called ``name`` or ``<name>.no_decay``; a ``ConfigError`` naming the groups
     that exist if there is none."""
     found = [
         group
@@ -86,8 +87,9 @@ def matching_groups(
     ]
     if not found:
         names = [group_name(group, index) for index, group in enumerate(param_groups)]
-        raise ValueError(
-            f"no optimizer parameter group named {name!r}; the groups are {names} "
+        raise ConfigError(
+            f"no optimizer parameter group named {name!r}{did_you_mean(name, names)}; the"
+            f" groups are {names} "
             f"(a name also selects its '<name>{NO_DECAY_SUFFIX}' half)"
         )
     return found
@@ -110,7 +112,7 @@ def set_group_lr(optimizer: torch.optim.Optimizer, name: str, lr: float) -> list
     should rescale from the new value.
     """
     if lr < 0:
-        raise ValueError(f"lr must be non-negative, got {lr}")
+        raise ConfigError(f"lr must be non-negative, got {lr}")
     groups = matching_groups(optimizer.param_groups, name)
     for group in groups:
         group["lr"] = lr
@@ -139,7 +141,7 @@ class FreezeGroups(Callback):
     def __init__(self, frozen: dict[str, int], train_bn: bool = True) -> None:
         for name, epochs in frozen.items():
             if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-                raise ValueError(
+                raise ConfigError(
                     f"FreezeGroups: the epochs group {name!r} stays frozen must be an integer"
                     f" >= 0, got {epochs!r}"
                 )
@@ -162,10 +164,16 @@ class FreezeGroups(Callback):
                 epochs.append(0)
         return epochs
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+    def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
+        """A ``ConfigError`` for a name in ``frozen`` that is no group of ``param_groups``
+        (the CLI calls this before ``fit`` makes its run directory)."""
         for name in self.frozen:
-            matching_groups(groups, name)  # a clear error for a name that is no group
+            matching_groups(param_groups, name)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_param_groups(
+            [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        )
         self._epochs_frozen = {}
         for optimizer in trainer.optimizers:
             epochs = self.frozen_epochs(optimizer.param_groups)

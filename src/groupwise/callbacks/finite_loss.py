@@ -21,8 +21,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from groupwise.errors import ConfigError, UserError
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
@@ -36,7 +38,7 @@ class FiniteLossGuard(Callback):
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         if check_every_n_steps is not None and check_every_n_steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"check_every_n_steps must be a positive integer or None, got {check_every_n_steps}"
             )
         self.check_every_n_steps = check_every_n_steps

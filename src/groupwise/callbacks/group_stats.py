@@ -50,6 +50,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.nn.utils import get_total_norm as _norm  # L2 norm of tensors taken together
 
+from groupwise.errors import ConfigError
+
 
 class GroupStats(Callback):
     """Log each named param group's gradient norm, parameter norm and update ratio.
@@ -62,7 +64,7 @@ class GroupStats(Callback):
 
     def __init__(self, every_n_steps: int = 50, prefix: str = "groups") -> None:
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be a positive integer, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.prefix = prefix
         self._step: int | None = None  # the step being measured, between the two hooks

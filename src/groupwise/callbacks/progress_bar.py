@@ -16,6 +16,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from groupwise.errors import ConfigError
+
 
 class ProgressBar(TQDMProgressBar):
     """``TQDMProgressBar`` whose training bar is redrawn at most every ``interval_s``.
@@ -34,7 +36,7 @@ class ProgressBar(TQDMProgressBar):
         leave: bool = False,
     ) -> None:
         if interval_s < 0:
-            raise ValueError(f"interval_s must be >= 0 seconds, got {interval_s}")
+            raise ConfigError(f"interval_s must be >= 0 seconds, got {interval_s}")
         super().__init__(refresh_rate, process_position, leave)
         self.interval_s = interval_s
         self._last_draw = float("-inf")

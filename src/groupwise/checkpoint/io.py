@@ -22,8 +22,10 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from groupwise.errors import UserError, did_you_mean
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
@@ -64,7 +66,9 @@ def load_checkpoint_file(
     """Load a Lightning checkpoint, with errors that name the file and what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+        hint = did_you_mean(path.name, siblings)
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...

@@ -31,6 +31,7 @@ from groupwise.data.cifar10_files import (
     read_classes,
 )
 from groupwise.data.per_sample import PerSampleDataset
+from groupwise.errors import ConfigError
 
 # the init args that may hold a transform object (see ``CIFAR10DataModule.__init__``)
 _TRANSFORM_ARGS = ("train_transform", "eval_transform")
@@ -147,7 +148,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"crop_padding must be an int >= 0 (pixels of zero padding of the random"
                 f" crop; 0 for flip only), got {crop_padding!r}"
             )
@@ -234,7 +235,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     def _setup_train(self, split: Split) -> None:
         n = len(split.labels)
         if not 0 <= self.val_size < n:
-            raise ValueError(
+            raise ConfigError(
                 f"val_size must be in [0, {n}) for {n} training images, got {self.val_size}"
             )
         generator = torch.Generator().manual_seed(self.seed)

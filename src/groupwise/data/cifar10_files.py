@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from groupwise.data import safe_pickle
+from groupwise.errors import UserError
 
 Layout = Literal["python", "image_folder"]
 SplitName = Literal["train", "test"]
@@ -54,15 +55,15 @@ CACHE_FORMAT = 1  # bump when the cached payload changes meaning
 IMAGE_SHAPE = (3, 32, 32)
 
 
-class CIFAR10NotFoundError(FileNotFoundError):
+class CIFAR10NotFoundError(UserError, FileNotFoundError):
     """No CIFAR-10 data (or not the requested split) where it was looked for."""
 
 
-class CIFAR10DownloadError(RuntimeError):
+class CIFAR10DownloadError(UserError, RuntimeError):
     """Downloading or checking the official archive failed."""
 
 
-class CIFAR10FileError(ValueError):
+class CIFAR10FileError(UserError, ValueError):
     """A source file is unreadable, corrupt or has the wrong shape."""
 
 

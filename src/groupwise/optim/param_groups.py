@@ -20,7 +20,8 @@ Semantics:
   nanoGPT do) go to ``<name>.no_decay`` with ``weight_decay=0``;
 - no empty group is returned, and every trainable parameter is in exactly one group.
 
-Errors (``ParamGroupError``, a ``ValueError``) name the bad value and what would be valid:
+Errors (``ParamGroupError``, a ``ValueError``) name the bad value, the nearest valid name
+when it looks like a typo, and what would be valid:
 a rule that matches no parameter, an unknown module name, a duplicate or reserved group
 name, an option the optimizer does not take, ``lr`` together with ``lr_scale``.
 """
@@ -34,6 +35,8 @@ from typing import Any
 
 from torch import nn
 
+from groupwise.errors import ConfigError, did_you_mean
+
 DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = ".no_decay"
 # Keys of a rule that select parameters or name the group; every other key is an option.
@@ -41,7 +44,7 @@ RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale"})
 NO_DECAY_OPTIONS = {"weight_decay": 0.0}
 
 
-class ParamGroupError(ValueError):
+class ParamGroupError(ConfigError):
     """A parameter-group description that cannot be applied to the model."""
 
 
@@ -143,9 +146,10 @@ def _group_options(rule: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
     opts = {key: value for key, value in rule.items() if key not in RULE_KEYS}
     unknown = sorted(set(opts) - set(defaults))
     if unknown:
+        keys = ", ".join(f"{key!r}{did_you_mean(key, [*defaults, *RULE_KEYS])}" for key in unknown)
         raise ParamGroupError(
-            f"parameter group {rule['name']!r} sets {unknown}, which the optimizer does not "
-            f"take; valid options: {sorted(defaults)}"
+            f"parameter group {rule['name']!r} sets {keys}, which the optimizer does not take;"
+            f" valid options: {sorted(defaults)}, and the rule keys {sorted(RULE_KEYS)}"
         )
     if "lr_scale" in rule:
         if "lr" in rule:
@@ -162,8 +166,8 @@ def _module_prefixes(model: nn.Module, rule: Mapping[str, Any]) -> list[str]:
     for module_name in rule.get("modules", []):
         if module_name not in names:
             raise ParamGroupError(
-                f"parameter group {rule['name']!r}: unknown module {module_name!r}; "
-                f"modules that exist: {_module_listing(names)}"
+                f"parameter group {rule['name']!r}: unknown module {module_name!r}"
+                f"{did_you_mean(module_name, names)}; modules that exist: {_module_listing(names)}"
             )
         prefixes.append(f"{module_name}." if module_name else "")
     return prefixes

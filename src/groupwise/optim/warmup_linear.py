@@ -14,6 +14,8 @@ from __future__ import annotations
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from groupwise.errors import ConfigError
+
 
 class WarmupLinearLR(LRScheduler):
     """Each group's lr times a factor that rises linearly from ``start_factor`` to 1 over the
@@ -42,11 +44,11 @@ class WarmupLinearLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
         if not 0.0 < start_factor <= 1.0:
-            raise ValueError(f"start_factor must be in (0, 1], got {start_factor}")
+            raise ConfigError(f"start_factor must be in (0, 1], got {start_factor}")
         if not 0.0 <= end_factor <= 1.0:
-            raise ValueError(f"end_factor must be in [0, 1], got {end_factor}")
+            raise ConfigError(f"end_factor must be in [0, 1], got {end_factor}")
         self.total_steps = None
         self.warmup_fraction = warmup_fraction
         self.start_factor = start_factor
@@ -58,7 +60,7 @@ class WarmupLinearLR(LRScheduler):
     def set_total_steps(self, total_steps: int) -> None:
         """Fix the run's length (before the first step; a resume restores it)."""
         if total_steps < 1:
-            raise ValueError(f"total_steps must be a positive number of steps, got {total_steps}")
+            raise ConfigError(f"total_steps must be a positive number of steps, got {total_steps}")
         self.total_steps = int(total_steps)
         # the current step's lr was set without the length (e.g. no warm-up): set it again
         self._last_lr = self.get_lr()
