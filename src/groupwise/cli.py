@@ -22,8 +22,9 @@ readable checkpoint, and the net and group-layout checks of ``Classifier`` then 
 A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
 default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
-gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set) and ``GroupPlan`` (the
-group table in the run directory and TensorBoard); and ``--ckpt_path last`` means the
+gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``GroupPlan`` (the
+group table in the run directory and TensorBoard) and ``CustomScalars`` (TensorBoard's
+Custom Scalars tab: each quantity's groups in one chart); and ``--ckpt_path last`` means the
 newest ``last.ckpt`` of any earlier run under the logger's directory (Lightning's own
 ``"last"`` looks only in the new run's version directory, so a resume in a new process
 would silently start afresh).
@@ -44,6 +45,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from groupwise.callbacks.confusion_matrix import ConfusionMatrix
+from groupwise.callbacks.custom_scalars import CustomScalars
 from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
@@ -116,7 +118,7 @@ class GroupwiseCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks += [GroupPlan()]
+        trainer.callbacks += [GroupPlan(), CustomScalars()]
         bar = trainer.progress_bar_callback
         user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks)
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar

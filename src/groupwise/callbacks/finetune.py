@@ -67,12 +67,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
 from groupwise.errors import ConfigError, did_you_mean
-from groupwise.optim.param_groups import NO_DECAY_SUFFIX
-
-
-def group_name(group: Mapping[str, Any], index: int) -> str:
-    """A group's ``name``, or ``pg<index>`` (Lightning's name for an unnamed group)."""
-    return group.get("name", f"pg{index}")
+from groupwise.optim.param_groups import NO_DECAY_SUFFIX, group_name
 
 
 def matching_groups(

@@ -51,6 +51,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.nn.utils import get_total_norm as _norm  # L2 norm of tensors taken together
 
 from groupwise.errors import ConfigError
+from groupwise.optim.param_groups import group_name
+
+STATS = ("grad_norm", "param_norm", "update_ratio")
 
 
 class GroupStats(Callback):
@@ -71,6 +74,10 @@ class GroupStats(Callback):
         self._before: list[dict[str, Any]] = []
         self.last_metrics: dict[str, float] = {}  # the latest logged values and their step
 
+    def tag(self, group: str, stat: str) -> str:
+        """The tag of one group's statistic (``stat`` is one of ``STATS``)."""
+        return f"{self.prefix}/{group}/{stat}"
+
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -84,7 +91,7 @@ class GroupStats(Callback):
             grads = [p.grad for p in params if p.grad is not None]
             self._before.append(
                 {
-                    "name": group.get("name", f"pg{index}"),
+                    "name": group_name(group, index),
                     "params": params,
                     "copies": [p.detach().clone() for p in params],
                     "grad_norm": _norm(grads) if grads else None,
@@ -105,11 +112,13 @@ class GroupStats(Callback):
             delta = _norm(
                 [p.detach() - c for p, c in zip(group["params"], group["copies"], strict=True)]
             )
-            base = f"{self.prefix}/{group['name']}"
-            names += [f"{base}/param_norm", f"{base}/update_ratio"]
+            names += [
+                self.tag(group["name"], "param_norm"),
+                self.tag(group["name"], "update_ratio"),
+            ]
             values += [param_norm, delta / param_norm]
             if group["grad_norm"] is not None:
-                names.append(f"{base}/grad_norm")
+                names.append(self.tag(group["name"], "grad_norm"))
                 values.append(group["grad_norm"])
         self._before = []
         metrics = dict(zip(names, torch.stack(values).tolist(), strict=True))  # one sync

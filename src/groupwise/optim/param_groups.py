@@ -184,6 +184,11 @@ def _matches(pname: str, prefixes: Sequence[str], rule: Mapping[str, Any]) -> bo
     )
 
 
+def group_name(group: Mapping[str, Any], index: int) -> str:
+    """An optimizer group's ``name``, or ``pg<index>`` for an unnamed one."""
+    return group.get("name", f"pg{index}")
+
+
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
     """Biases and norm weights (any parameter of at most one dimension)."""
     return param.ndim <= 1 or name.endswith(".bias")
@@ -246,7 +251,7 @@ def describe(
     )
     return [
         {
-            "name": group.get("name", f"pg{index}"),
+            "name": group_name(group, index),
             "tensors": len(group["params"]),
             "parameters": sum(p.numel() for p in group["params"]),
             **{key: group.get(key) for key in shown},
