@@ -24,7 +24,8 @@ def test_fit_saves_the_group_table_as_a_file_and_tensorboard_text(tmp_path):
     events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     events.Reload()
     # Text summaries are tensor events; SummaryWriter.add_text appends "/text_summary".
-    assert events.Tags()["tensors"] == ["param_groups/text_summary"]
+    # (custom_scalars__config__ is CustomScalars' layout, tests/test_custom_scalars.py)
+    assert events.Tags()["tensors"] == ["param_groups/text_summary", "custom_scalars__config__"]
     (event,) = events.Tensors("param_groups/text_summary")
     text = event.tensor_proto.string_val[0].decode()
     assert text == markdown_table(rows)

@@ -134,7 +134,8 @@ def test_weight_decay_split_keeps_group_options():
     [
         (
             [{"name": "x", "modules": ["featurez"]}],
-            r"unknown module 'featurez'; modules that exist: \['features', 'features.0',",
+            r"unknown module 'featurez' \(did you mean 'features'\?\); modules that exist: "
+            r"\['features', 'features.0',",
         ),
         (
             [{"name": "a", "modules": ["features"]}, {"name": "a", "modules": ["classifier"]}],
@@ -147,7 +148,12 @@ def test_weight_decay_split_keeps_group_options():
         ),
         (
             [{"name": "x", "modules": ["features"], "betas": [0.9, 0.99]}],
-            r"sets \['betas'\], which the optimizer does not take; valid options: \[",
+            r"sets 'betas', which the optimizer does not take; valid options: \[.*\], and the "
+            r"rule keys \['lr_scale', 'modules', 'name', 'params'\]",
+        ),
+        (
+            [{"name": "x", "modules": ["features"], "lr_scal": 2, "betas": [0.9, 0.99]}],
+            r"sets 'betas', 'lr_scal' \(did you mean 'lr_scale'\?\), which the optimizer",
         ),
         ([{"name": "x", "modules": ["features"], "lr": 1, "lr_scale": 2}], "both 'lr' and"),
         ([{"name": "default", "modules": ["features"]}], "'default' is reserved"),
