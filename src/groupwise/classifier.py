@@ -20,7 +20,12 @@ from groupwise.checkpoint.compat import (
     saved_layout,
 )
 from groupwise.checkpoint.io import load_checkpoint_file
-from groupwise.optim.param_groups import build_param_groups, describe, format_table
+from groupwise.optim.param_groups import (
+    build_param_groups,
+    describe,
+    format_table,
+    parameter_names,
+)
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
 from groupwise.optim.warmup_linear import WarmupLinearLR
 
@@ -201,7 +206,7 @@ class Classifier(LightningModule):
         optimizer = self.optimizer(groups)
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
-            + format_table(describe(optimizer.param_groups, defaults))
+            + format_table(describe(optimizer.param_groups, defaults, parameter_names(self.net)))
         )
         if self.scheduler is None:
             return optimizer
