@@ -25,6 +25,7 @@ from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_f
 from groupwise.data.cifar10_files import (
     CIFAR10NotFoundError,
     Split,
+    count_images,
     ensure_data,
     has_split,
     load_split,
@@ -210,6 +211,11 @@ class CIFAR10DataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         """Number of classes (10 for CIFAR-10)."""
         return len(self.classes)
+
+    def num_train_images(self) -> int:
+        """Images in an epoch of training (the training split less ``val_size``), counted
+        from the files without decoding (``cifar10_files.count_images``)."""
+        return count_images(self.data_dir, "train") - self.val_size
 
     # ---- Lightning's data hooks --------------------------------------------------------
 
