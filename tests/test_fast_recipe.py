@@ -61,7 +61,9 @@ def test_checkpoint_scheduler_length_is_epochs_times_steps_per_epoch(single):
     # stepped past its last step: end_factor 0 times each group's peak lr (the config's)
     config = yaml.safe_load(Path(FAST).read_text())["model"]
     peak = config["optimizer"]["init_args"]["lr"]
-    assert scheduler["base_lrs"] == [peak * config["param_groups"][0]["lr_scale"], peak]
+    peaks = [peak * config["param_groups"][0]["lr_scale"], peak]
+    # a SequentialLR of warm-up and decay LinearLRs, each scaling the groups' peak lrs
+    assert [linear["base_lrs"] for linear in scheduler["_schedulers"]] == [peaks, peaks]
     groups = last["optimizer_states"][0]["param_groups"]
     assert [(group["name"], group["lr"]) for group in groups] == [("norm", 0.0), ("weights", 0.0)]
 
