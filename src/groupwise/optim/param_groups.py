@@ -86,14 +86,7 @@ def build_param_groups(
     unmatched: list[tuple[str, nn.Parameter]] = []
     frozen_hits = [0] * len(rules)
     for names, param in named_parameters_with_aliases(model):
-        index = next(
-            (
-                i
-                for i, rule in enumerate(rules)
-                if any(_matches(name, prefixes[i], rule) for name in names)
-            ),
-            None,
-        )
+        index = _first_rule(names, rules, prefixes)
         if index is None:
             if param.requires_grad:
                 unmatched.append((names[0], param))
@@ -105,16 +98,12 @@ def build_param_groups(
     groups: list[dict[str, Any]] = []
     for rule, opts, members, frozen in zip(rules, options, assigned, frozen_hits, strict=True):
         if not members and not frozen:
-            both = rule.get("modules") and rule.get("params")
+            modules, params = list(rule.get("modules", [])), list(rule.get("params", []))
+            both = "; with both, a parameter must be in a listed module and match a pattern"
             raise ParamGroupError(
-                f"parameter group {rule['name']!r} matches no parameter "
-                f"(modules={list(rule.get('modules', []))}, params={list(rule.get('params', []))}"
-                + (
-                    "; with both, a parameter must be in a listed module and match a pattern"
-                    if both
-                    else ""
-                )
-                + f"); parameter names look like {_examples(model)}"
+                f"parameter group {rule['name']!r} matches no parameter (modules={modules}, "
+                f"params={params}{both if modules and params else ''}); parameter names look "
+                f"like {_examples(model)}"
             )
         if not members:
             warnings.warn(
@@ -211,6 +200,16 @@ def _module_prefixes(model: nn.Module, rule: Mapping[str, Any]) -> list[str]:
 def _module_listing(names: Iterable[str], max_depth: int = 2) -> list[str]:
     """Module names up to ``max_depth`` dots deep: all a user needs to pick a rule."""
     return [name for name in names if name and name.count(".") < max_depth]
+
+
+def _first_rule(
+    names: Sequence[str], rules: Sequence[Mapping[str, Any]], prefixes: Sequence[Sequence[str]]
+) -> int | None:
+    """The index of the first rule that matches any of a parameter's names, if any."""
+    for index, rule in enumerate(rules):
+        if any(_matches(name, prefixes[index], rule) for name in names):
+            return index
+    return None
 
 
 def _matches(pname: str, prefixes: Sequence[str], rule: Mapping[str, Any]) -> bool:
