@@ -235,14 +235,14 @@ class TwoNames(nn.Module):
         self.c = nn.Linear(2, 3)
 
 
-def groups_by_identity(model: nn.Module, groups: list[dict]) -> dict[str, set[int]]:
+def groups_by_identity(groups: list[dict]) -> dict[str, set[int]]:
     return {g["name"]: {id(p) for p in g["params"]} for g in groups}
 
 
 def test_a_tied_weight_goes_with_the_module_that_names_it():
     model = TiedNet()
     groups = build_param_groups(model, [{"name": "head", "modules": ["head"]}], SGD_DEFAULTS)
-    assert groups_by_identity(model, groups) == {
+    assert groups_by_identity(groups) == {
         "head": {id(model.head.weight), id(model.head.bias)},
         "default": {id(model.body.weight), id(model.body.bias)},
     }
@@ -252,7 +252,7 @@ def test_a_tied_weight_goes_with_the_module_that_names_it():
 def test_a_tied_weight_alone_is_not_a_rule_that_matches_nothing():
     model = TiedNet(head_bias=False)
     groups = build_param_groups(model, [{"name": "head", "params": ["head.*"]}], SGD_DEFAULTS)
-    assert groups_by_identity(model, groups)["head"] == {id(model.embed.weight)}
+    assert groups_by_identity(groups)["head"] == {id(model.embed.weight)}
 
 
 def test_the_first_rule_matching_any_name_of_a_tied_weight_wins():
@@ -262,7 +262,7 @@ def test_the_first_rule_matching_any_name_of_a_tied_weight_wins():
         {"name": "head", "modules": ["head"]},
     ]
     groups = build_param_groups(model, rules, SGD_DEFAULTS)
-    assert groups_by_identity(model, groups) == {
+    assert groups_by_identity(groups) == {
         "embed": {id(model.embed.weight)},
         "head": {id(model.head.bias)},
         "default": {id(model.body.weight), id(model.body.bias)},
@@ -275,7 +275,7 @@ def test_the_first_rule_matching_any_name_of_a_tied_weight_wins():
 def test_a_module_registered_under_two_names_is_found_under_either():
     model = TwoNames()
     groups = build_param_groups(model, [{"name": "b", "modules": ["b"]}], SGD_DEFAULTS)
-    assert groups_by_identity(model, groups) == {
+    assert groups_by_identity(groups) == {
         "b": {id(model.a.weight), id(model.a.bias)},
         "default": {id(model.c.weight), id(model.c.bias)},
     }
