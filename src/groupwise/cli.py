@@ -6,9 +6,9 @@ the CLI's automatic ``configure_optimizers`` is turned off (it would make one an
 parameter group), and two callbacks are always present, each configurable from YAML under
 its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
 (``last.ckpt``, rewritten every epoch), ``lr_monitor`` (every named group's lr, momentum
-and weight decay in TensorBoard, at the scheduler's own interval), ``group_stats`` (each
-group's gradient norm, parameter norm and update ratio every N steps) and
-``confusion_matrix`` (an image at each validation end).
+and weight decay at the scheduler's own interval), ``group_stats`` (each group's gradient
+norm, parameter norm and update ratio every N steps) and ``confusion_matrix`` (an image
+at each validation end).
 
 Why a second ``ModelCheckpoint`` for ``last.ckpt``: since Lightning 2.6 ``save_last=True``
 writes ``last.ckpt`` only when a top-k checkpoint is saved in the same step, so with a
