@@ -21,9 +21,16 @@ from groupwise.checkpoint.compat import (
 )
 from groupwise.checkpoint.io import load_checkpoint_file
 from groupwise.errors import ConfigError
-from groupwise.optim.param_groups import build_param_groups, describe, format_table
+from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
+from groupwise.optim.param_groups import (
+    build_param_groups,
+    describe,
+    format_table,
+    parameter_names,
+)
+from groupwise.optim.schedule_length import check_length as check_length_against_run
+from groupwise.optim.schedule_length import fill_length, run_length
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
-from groupwise.optim.warmup_linear import WarmupLinearLR
 
 
 class Classifier(LightningModule):
@@ -202,52 +209,48 @@ class Classifier(LightningModule):
         groups, _ = self.build_param_groups()
         return self.optimizer(groups)
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        """The scheduler of ``optimizer`` (``None`` if there is none), its milestones checked.
-
-        The CLI also builds a throwaway optimizer and scheduler before ``fit`` starts, so a
-        bad group or schedule stops the run before any run directory is made."""
-        if self.scheduler is None:
-            return None
-        scheduler = self.scheduler(optimizer)
-        check_milestones(scheduler)
-        return scheduler
-
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
-            + format_table(describe(optimizer.param_groups, optimizer.defaults))
+            + format_table(
+                describe(optimizer.param_groups, optimizer.defaults, parameter_names(self.net))
+            )
         )
-        scheduler = self.build_scheduler(optimizer)
-        if scheduler is None:
+        if self.scheduler is None:
             return optimizer
-        check_interval(scheduler, self.scheduler_interval)
-        if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
-            scheduler.set_total_steps(self._run_length())
+        scheduler = self.build_scheduler(
+            optimizer, run_length(self.trainer, self.scheduler_interval)
+        )
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def _run_length(self) -> int:
-        """Scheduler steps in the whole run: optimizer steps (all epochs, after DDP sharding
-        and gradient accumulation) for ``scheduler_interval: step``, else epochs."""
-        if self.scheduler_interval == "step":
-            steps = self.trainer.estimated_stepping_batches
-        else:
-            steps = self.trainer.max_epochs if self.trainer.max_epochs != -1 else float("inf")
-        if steps == float("inf") or steps is None:
-            needs = (
-                "trainer.max_epochs or trainer.max_steps"
-                if self.scheduler_interval == "step"
-                else "trainer.max_epochs (scheduler_interval: epoch counts epochs)"
-            )
-            raise ConfigError(
-                f"WarmupLinearLR with total_steps: null needs a finite run: set {needs},"
-                " or give total_steps"
-            )
-        return int(steps)
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, length: int | None, check_length: bool = True
+    ) -> Any:
+        """The configured scheduler on ``optimizer`` (``None`` if there is none), given the
+        run's ``length`` in scheduler steps (``None``: no finite length): a length argument
+        left empty is filled with it and one given is checked against it
+        (``groupwise.optim.schedule_length``); scalar bounds of OneCycleLR / CyclicLR are
+        scaled per group (``groupwise.optim.group_bounds``).
+
+        The CLI also builds a throwaway optimizer and scheduler before ``fit`` starts
+        (``check_length=False``: the trainer, and so the run's length, does not exist yet),
+        so a bad group or schedule stops the run before any run directory is made."""
+        if self.scheduler is None:
+            return None
+        ratios = group_ratios(optimizer)
+        overrides = fill_length(self.scheduler, length, self.scheduler_interval)
+        overrides |= scaled_bounds(self.scheduler, optimizer)
+        scheduler = self.scheduler(optimizer, **overrides)
+        check_bounds(scheduler, ratios)
+        check_milestones(scheduler)
+        check_interval(scheduler, self.scheduler_interval)
+        if check_length:
+            check_length_against_run(scheduler, length, self.scheduler_interval)
+        return scheduler
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.

@@ -6,7 +6,7 @@ the CLI's automatic ``configure_optimizers`` is turned off (it would make one an
 parameter group), and two callbacks are always present, each configurable from YAML under
 its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
 (``last.ckpt``, rewritten every epoch), ``lr_monitor`` (every named group's lr, momentum
-and weight decay once per epoch in TensorBoard), ``group_stats`` (each group's gradient
+and weight decay at the scheduler's own interval), ``group_stats`` (each group's gradient
 norm, parameter norm and update ratio every N steps) and ``confusion_matrix`` (an image
 at each validation end).
 
@@ -89,7 +89,9 @@ class GroupwiseCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults(
             {
-                "lr_monitor.logging_interval": "epoch",
+                # None: Lightning logs each scheduler's lrs at its own interval (every
+                # log_every_n_steps with a per-step schedule); "epoch"/"step" force one
+                "lr_monitor.logging_interval": None,
                 "lr_monitor.log_momentum": True,
                 "lr_monitor.log_weight_decay": True,
             }

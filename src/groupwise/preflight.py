@@ -20,7 +20,8 @@ def check_before_fit(model: Any, callbacks: Iterable[Any]) -> None:
     callback's group names. ``model`` is a ``Classifier`` (``build_optimizer``,
     ``build_scheduler``)."""
     optimizer = model.build_optimizer()
-    model.build_scheduler(optimizer)
+    # a stand-in length: the run's is known only once the trainer exists
+    model.build_scheduler(optimizer, 1, check_length=False)
     for callback in callbacks:
         check = getattr(callback, "check_param_groups", None)
         if callable(check):

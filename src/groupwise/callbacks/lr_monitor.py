@@ -1,4 +1,5 @@
-"""Lightning's ``LearningRateMonitor``, safe for optimizers that have no weight decay."""
+"""Lightning's ``LearningRateMonitor``, safe for optimizers that have no weight decay, and
+logging a run without a scheduler once per epoch."""
 
 from typing import Any
 
@@ -10,8 +11,16 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
 
     What Lightning's lacks: with ``log_weight_decay=True`` it raises ``KeyError`` for an
     optimizer whose groups have no ``weight_decay`` (``torch.optim.LBFGS``, ``Rprop``);
-    here such groups just log no weight decay.
+    here such groups just log no weight decay. And with ``logging_interval=None`` (log at
+    each scheduler's own interval) it logs an optimizer without a scheduler both at every
+    epoch start and every ``log_every_n_steps`` steps, twice at the same step where they
+    meet; here such an optimizer's lrs, which nothing changes, are logged once per epoch.
     """
+
+    def on_train_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        if self.logging_interval is None and not trainer.lr_scheduler_configs:
+            return  # no scheduler, no interval of its own: logged at each epoch start
+        super().on_train_batch_start(trainer, *args, **kwargs)
 
     def _extract_weight_decay(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
         if "weight_decay" not in param_group:

@@ -2,9 +2,9 @@
 
 torchvision's ``RandomCrop`` and ``RandomHorizontalFlip`` draw one random choice per
 call, so on a batch they crop or flip every image the same way; per-image randomness
-needs one call per image (a Python loop). These functions draw one choice per image
-and apply them all in a few tensor ops, which is what makes batched augmentation on
-the model's device cheap.
+needs one call per image (a Python loop). Here each image's crop and flip are keyed by
+(seed, epoch, image index) and applied to the whole batch in one gather, which is what
+makes batched augmentation on the model's device cheap.
 """
 
 from __future__ import annotations
@@ -24,20 +24,6 @@ def _check_batch(images: torch.Tensor) -> None:
         raise ValueError(f"expected a batch of shape (N, C, H, W), got {tuple(images.shape)}")
 
 
-def _randint(
-    high: int, n: int, device: torch.device, generator: torch.Generator | None
-) -> torch.Tensor:
-    """n integers in [0, high), drawn on the generator's device, returned on ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randint(high, (n,), generator=generator, device=gen_device).to(device)
-
-
-def crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad each image by ``padding`` and crop back to (H, W) at offset (dy[i], dx[i]),
-    each in ``[0, 2 * padding]``: output pixel (y, x) is padded pixel (y + dy, x + dx)."""
-    return crop_flip(images, dy, dx, None, padding)
-
-
 def crop_flip(
     images: torch.Tensor,
     dy: torch.Tensor,
@@ -45,8 +31,10 @@ def crop_flip(
     flip: torch.Tensor | None,
     padding: int,
 ) -> torch.Tensor:
-    """``hflip(crop(images, dy, dx, padding), flip)`` in one gather: a flipped image reads
-    its crop's columns right to left, so no flipped copy of the batch is made."""
+    """Zero-pad each image by ``padding``, crop back to (H, W) at offset (dy[i], dx[i]), each
+    in ``[0, 2 * padding]`` (output pixel (y, x) is padded pixel (y + dy, x + dx)), and flip
+    left-right the images where ``flip[i]`` is set (``None``: none), in one gather: a
+    flipped image reads its crop's columns right to left, so no flipped copy is made."""
     _check_batch(images)
     if flip is None and padding == 0:
         return images
@@ -61,43 +49,6 @@ def crop_flip(
     flat_index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
     out = padded.reshape(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
     return out.view(n, c, h, w)
-
-
-def hflip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Flip left-right the images where the boolean ``flip[i]`` is set."""
-    _check_batch(images)
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
-
-
-def random_crop(
-    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Zero-pad each image by ``padding`` on all sides and crop back to (H, W) at an
-    independent random offset per image (like torchvision's ``RandomCrop(size, padding)``,
-    applied image by image).
-
-    The offset of image i is ``(dy[i], dx[i])`` with both uniform in ``[0, 2 * padding]``,
-    drawn as ``dy = randint(2p+1, (N,))`` then ``dx = randint(2p+1, (N,))`` from
-    ``generator``; output pixel (y, x) is padded pixel (y + dy, x + dx).
-    """
-    _check_batch(images)
-    if padding == 0:
-        return images
-    n = len(images)
-    dy = _randint(2 * padding + 1, n, images.device, generator)
-    dx = _randint(2 * padding + 1, n, images.device, generator)
-    return crop(images, dy, dx, padding)
-
-
-def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image left-right independently with probability 0.5.
-
-    Image i is flipped where ``rand(N)[i] < 0.5`` (one draw per image from ``generator``).
-    """
-    _check_batch(images)
-    gen_device = generator.device if generator is not None else images.device
-    flip = torch.rand(len(images), generator=generator, device=gen_device).to(images.device) < 0.5
-    return hflip(images, flip)
 
 
 _MASK32 = 0xFFFFFFFF

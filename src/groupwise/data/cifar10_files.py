@@ -464,6 +464,32 @@ def read_classes(data_dir: str | os.PathLike) -> list[str]:
     return list(CIFAR10_CLASSES)
 
 
+# the official number of images of each split: what a download brings
+CIFAR10_SIZES: dict[str, int] = {"train": 50_000, "test": 10_000}
+
+
+def count_images(data_dir: str | os.PathLike, split: SplitName) -> int:
+    """The number of images in ``split`` without decoding any: the image files of the
+    image-folder layout, the labels of the python layout's batch files; the official
+    CIFAR-10 size when ``data_dir`` holds no data yet (what a download would bring)."""
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    if layout == "python":
+        base = data_dir / PYTHON_DIR
+        return sum(len(_unpickle(base / name).get("labels", ())) for name in PYTHON_FILES[split])
+    if layout == "image_folder" and (data_dir / split).is_dir():
+        split_dir = data_dir / split
+        return sum(
+            1
+            for cls in _image_folder_classes(split_dir)
+            for name in os.listdir(split_dir / cls)
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    if layout is None:
+        return CIFAR10_SIZES[split]
+    raise CIFAR10NotFoundError(f"No {split} split in {data_dir}")
+
+
 def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True) -> Split:
     """Decoded ``split`` ("train" or "test") of the data in ``data_dir``.
 

@@ -1,37 +1,38 @@
-"""A per-step linear warm-up then linear decay whose length follows the run.
+"""A linear warm-up then a linear decay of each group's own lr, written as one YAML class.
 
-What torch lacks: its per-step schedules (``OneCycleLR``, ``LinearLR`` in a
-``SequentialLR``) need the number of steps written into the config, and that number
-changes with the batch size, the validation split, the number of DDP ranks and
-``max_epochs``. ``OneCycleLR`` also overwrites every group's lr with one ``max_lr``, so the
-groups' lr ratios are lost unless ``max_lr`` is a list. This schedule multiplies each
-group's own lr (the ratios hold) and, left with ``total_steps: null``, takes its length
-from the trainer when the ``Classifier`` builds it.
+It is torch's ``SequentialLR([LinearLR(start_factor, 1, W), LinearLR(1, end_factor, T - W)],
+[W])`` with ``W = round(warmup_fraction * T)``, which multiplies each group's own lr (the
+groups' ratios hold, unlike ``OneCycleLR`` with one ``max_lr``). What it adds: a
+``SequentialLR`` takes scheduler objects, which a YAML config cannot give, and its step
+counts are absolute; here the warm-up is a fraction of ``total_steps``, and
+``total_steps: null`` is filled with the run's length by the ``Classifier``
+(``groupwise.optim.schedule_length``).
 """
 
 from __future__ import annotations
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LinearLR, SequentialLR
 
 from groupwise.errors import ConfigError
 
 
-class WarmupLinearLR(LRScheduler):
+class WarmupLinearLR(SequentialLR):
     """Each group's lr times a factor that rises linearly from ``start_factor`` to 1 over the
     first ``warmup_fraction`` of ``total_steps``, then falls linearly to ``end_factor``.
 
     Args:
         optimizer: the optimizer; each group's lr at construction is its peak lr.
         total_steps: scheduler steps in the whole run (optimizer steps with
-            ``scheduler_interval: step``, epochs with ``epoch``). ``None``: the
-            ``Classifier`` sets it from the trainer before the first step.
+            ``scheduler_interval: step``, epochs with ``epoch``). ``None`` (YAML ``null``):
+            the ``Classifier`` sets it to the run's length.
         warmup_fraction: part of the run spent warming up, in [0, 1).
         start_factor: factor of the first step, in (0, 1]; unused when the warm-up
             rounds to 0 steps.
         end_factor: factor reached at step ``total_steps``, just after the run's last
             optimizer step, so the last step trains at a small non-zero lr (as the
             fastest published trainers do), in [0, 1].
+        last_epoch: as in torch.
     """
 
     def __init__(
@@ -49,35 +50,22 @@ class WarmupLinearLR(LRScheduler):
             raise ConfigError(f"start_factor must be in (0, 1], got {start_factor}")
         if not 0.0 <= end_factor <= 1.0:
             raise ConfigError(f"end_factor must be in [0, 1], got {end_factor}")
-        self.total_steps = None
-        self.warmup_fraction = warmup_fraction
-        self.start_factor = start_factor
-        self.end_factor = end_factor
-        super().__init__(optimizer, last_epoch)
-        if total_steps is not None:
-            self.set_total_steps(total_steps)
-
-    def set_total_steps(self, total_steps: int) -> None:
-        """Fix the run's length (before the first step; a resume restores it)."""
+        if total_steps is None:
+            raise ConfigError(
+                "WarmupLinearLR needs total_steps; under the Classifier an empty "
+                "total_steps is filled with the run's length"
+            )
         if total_steps < 1:
             raise ConfigError(f"total_steps must be a positive number of steps, got {total_steps}")
         self.total_steps = int(total_steps)
-        # the current step's lr was set without the length (e.g. no warm-up): set it again
-        self._last_lr = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
-            group["lr"] = lr
-
-    def factor(self, step: int) -> float:
-        """The lr factor at scheduler step ``step`` (0 is the first optimizer step)."""
-        if self.total_steps is None:
-            return self.start_factor  # construction, before the length is known
-        warmup = round(self.warmup_fraction * self.total_steps)
-        if step < warmup:
-            return self.start_factor + (1.0 - self.start_factor) * step / warmup
-        decay = max(self.total_steps - warmup, 1)
-        done = min(step - warmup, decay) / decay
-        return 1.0 + (self.end_factor - 1.0) * done
-
-    def get_lr(self) -> list[float]:
-        factor = self.factor(self.last_epoch)
-        return [base_lr * factor for base_lr in self.base_lrs]
+        self.warmup_fraction = warmup_fraction
+        self.start_factor = start_factor
+        self.end_factor = end_factor
+        warmup = round(warmup_fraction * self.total_steps)
+        decay = LinearLR(optimizer, 1.0, end_factor, max(self.total_steps - warmup, 1))
+        if warmup == 0:
+            schedulers, milestones = [decay], []
+        else:
+            schedulers = [LinearLR(optimizer, start_factor, 1.0, warmup), decay]
+            milestones = [warmup]
+        super().__init__(optimizer, schedulers, milestones, last_epoch)
