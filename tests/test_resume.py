@@ -90,3 +90,24 @@ def test_kill_while_writing_last_ckpt_keeps_the_previous_one(data_dir, tmp_path,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = load(tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt")
     assert_same_state(final, uninterrupted)
+
+
+def test_the_next_save_of_last_ckpt_removes_the_killed_save_s_temporary(
+    data_dir, tmp_path, uninterrupted
+):
+    """Resumed into the same directory (a fixed logger version), the first save of
+    last.ckpt removes the temporary the killed save left."""
+    logger = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(tmp_path), "version": 0},
+    }
+    args = quick(data_dir, tmp_path, *SCHEDULE, "--trainer.logger", json.dumps(logger))
+    killed = groupwise("fit", "--config", LENET, *args, fault("KillDuringLastSave", epoch=1))
+    assert killed.returncode == -signal.SIGKILL
+    checkpoints = tmp_path / "lightning_logs/version_0/checkpoints"
+    assert len(list(checkpoints.glob(".last.ckpt.tmp-*"))) == 1
+
+    resumed = groupwise("fit", "--config", LENET, *args, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not list(checkpoints.glob(".*"))
+    assert_same_state(load(checkpoints / "last.ckpt"), uninterrupted)
