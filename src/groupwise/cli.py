@@ -22,8 +22,9 @@ readable checkpoint, and the net and group-layout checks of ``Classifier`` then 
 A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
 default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
-gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set) and ``GroupPlan`` (the
-group table in the run directory and TensorBoard); and ``--ckpt_path last`` means the
+gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``GroupPlan`` (the
+group table in the run directory and TensorBoard) and ``RNGStateCheckpoint`` (every rank's
+random states in each checkpoint, restored on resume); and ``--ckpt_path last`` means the
 newest ``last.ckpt`` of any earlier run under the logger's directory (Lightning's own
 ``"last"`` looks only in the new run's version directory, so a resume in a new process
 would silently start afresh).
@@ -49,6 +50,7 @@ from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule
@@ -111,7 +113,7 @@ class GroupwiseCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks += [GroupPlan()]
+        trainer.callbacks += [GroupPlan(), RNGStateCheckpoint()]
         bar = trainer.progress_bar_callback
         user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
         user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])

@@ -7,6 +7,7 @@ from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.weight_init import WeightInit
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "LearningRateMonitor",
     "NonFiniteLossError",
     "ProgressBar",
+    "RNGStateCheckpoint",
     "WeightInit",
     "set_group_lr",
 ]
