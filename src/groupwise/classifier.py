@@ -7,17 +7,22 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
+    SETTINGS_KEY,
     check_group_layout,
+    check_optimizer_settings,
     check_state_dict,
     group_layout,
+    group_options,
+    optimizer_settings,
     saved_layout,
+    scheduler_arguments,
 )
 from groupwise.checkpoint.io import load_checkpoint_file
 from groupwise.optim.param_groups import build_param_groups, describe, format_table
@@ -95,6 +100,10 @@ class Classifier(LightningModule):
         self.channels_last = channels_last
         self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
         self._net_compiled = False
+        # the optimizer and scheduler settings of this run (written into each checkpoint),
+        # and those of the checkpoint a fit resumes from (checked in configure_optimizers)
+        self._settings: dict[str, Any] | None = None
+        self._resumed_settings: dict[str, Any] | None = None
         # average="micro": the fraction of images classified right. torchmetrics' default
         # ("macro", the mean of per-class recalls) differs from it on unbalanced batches.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -199,17 +208,23 @@ class Classifier(LightningModule):
     def configure_optimizers(self) -> Any:
         groups, defaults = self.build_param_groups()
         optimizer = self.optimizer(groups)
+        options = group_options(optimizer)  # as configured, before a scheduler changes them
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
             + format_table(describe(optimizer.param_groups, defaults))
         )
         if self.scheduler is None:
+            self._check_resume(optimizer_settings(optimizer, options, None))
             return optimizer
         scheduler = self.scheduler(optimizer)
         check_milestones(scheduler)
         check_interval(scheduler, self.scheduler_interval)
+        from_trainer = []
         if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
             scheduler.set_total_steps(self._run_length())
+            from_trainer.append("total_steps")
+        arguments = scheduler_arguments(scheduler, options, from_trainer)
+        self._check_resume(optimizer_settings(optimizer, options, arguments))
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
@@ -234,10 +249,24 @@ class Classifier(LightningModule):
             )
         return int(steps)
 
+    def _check_resume(self, settings: dict[str, Any]) -> None:
+        """Keep this run's optimizer and scheduler settings; when resuming, stop (before any
+        state is loaded) if they differ from the checkpoint's: torch's ``load_state_dict``
+        would silently replace the config's group options and scheduler arguments."""
+        self._settings = settings
+        saved, self._resumed_settings = self._resumed_settings, None
+        if saved is not None:
+            path = str(self.trainer.ckpt_path)
+            check_optimizer_settings(saved, settings, f"checkpoint {path}", path)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.
         if self._trainer is not None and self.trainer.optimizers:
             checkpoint[LAYOUT_KEY] = group_layout(self.net, self.trainer.optimizers[0].param_groups)
+        # The optimizer's class, each group's configured options and the scheduler's
+        # arguments: lets a resume check that the config still asks for the same.
+        if self._settings is not None:
+            checkpoint[SETTINGS_KEY] = self._settings
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
@@ -246,3 +275,11 @@ class Classifier(LightningModule):
         saved = saved_layout(checkpoint)
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
             check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)
+        if resuming and checkpoint.get("optimizer_states"):
+            self._resumed_settings = checkpoint.get(SETTINGS_KEY)
+            if self._resumed_settings is None:
+                rank_zero_warn(
+                    f"{source} records no optimizer and scheduler settings (it predates "
+                    "them): whether this config's match it is not checked; the resume "
+                    "uses the checkpoint's"
+                )
