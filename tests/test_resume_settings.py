@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from cli_run import LENET, quick
 from fault_injection import RecordTrainStart
 from file_snapshot import assert_kept, snapshot
@@ -161,8 +162,6 @@ def test_a_checkpoint_without_recorded_settings_resumes_with_a_warning(root, dat
     old = load_checkpoint_file(root / LAST)
     del old[SETTINGS_KEY]
     path = tmp_path / "old.ckpt"
-    import torch
-
     torch.save(old, path)
     argv = quick(data_dir, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", str(path))
     with pytest.warns(UserWarning, match=re.escape(f"checkpoint {path} records no optimizer")):

@@ -20,11 +20,13 @@ from groupwise.checkpoint.compat import (
     check_state_dict,
     group_layout,
     group_options,
+    length_change,
     optimizer_settings,
     saved_layout,
     scheduler_arguments,
+    settings_differences,
 )
-from groupwise.checkpoint.io import load_checkpoint_file
+from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.optim.param_groups import build_param_groups, describe, format_table
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
 from groupwise.optim.warmup_linear import WarmupLinearLR
@@ -66,6 +68,16 @@ class Classifier(LightningModule):
             This and the parameters' conversion of ``channels_last`` happen in
             ``configure_model``, which a ``Trainer`` calls; a model used without one
             (e.g. straight after ``load_from_checkpoint``) is neither converted nor compiled.
+        extend_schedule: continue a resumed run (``--ckpt_path``) over a new length, e.g.
+            more epochs. Without it, a schedule length that comes from the trainer and
+            differs from the checkpoint's is an error, like any other change of the
+            optimizer or scheduler settings. With it, a ``WarmupLinearLR`` whose
+            ``total_steps`` comes from the trainer is stretched (``WarmupLinearLR.stretch``):
+            a warm-up still in progress finishes as planned, then the lr falls linearly from
+            its value at the resumed step (the peak, if it was still warming up) to the end
+            value at the new last step. A schedule whose length does not come from the
+            trainer (``MultiStepLR``'s milestones) goes on as it is, with or without it.
+            Nothing else may differ from the checkpoint.
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class Classifier(LightningModule):
         tta_flip: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        extend_schedule: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the saved hparams are the config (class paths and init args),
@@ -99,11 +112,13 @@ class Classifier(LightningModule):
         self.tta_flip = tta_flip
         self.channels_last = channels_last
         self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
+        self.extend_schedule = extend_schedule
         self._net_compiled = False
         # the optimizer and scheduler settings of this run (written into each checkpoint),
         # and those of the checkpoint a fit resumes from (checked in configure_optimizers)
         self._settings: dict[str, Any] | None = None
-        self._resumed_settings: dict[str, Any] | None = None
+        self._resumed: dict[str, Any] | None = None  # settings and scheduler state
+        self._stretch_to: int | None = None  # extend_schedule: the new length
         # average="micro": the fraction of images classified right. torchmetrics' default
         # ("macro", the mean of per-class recalls) differs from it on unbalanced batches.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -216,19 +231,27 @@ class Classifier(LightningModule):
         if self.scheduler is None:
             self._check_resume(optimizer_settings(optimizer, options, None))
             return optimizer
-        scheduler = self.scheduler(optimizer)
+        scheduler, from_trainer = self._build_scheduler(optimizer)
         check_milestones(scheduler)
         check_interval(scheduler, self.scheduler_interval)
-        from_trainer = []
-        if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
-            scheduler.set_total_steps(self._run_length())
-            from_trainer.append("total_steps")
         arguments = scheduler_arguments(scheduler, options, from_trainer)
         self._check_resume(optimizer_settings(optimizer, options, arguments))
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _build_scheduler(
+        self, optimizer: torch.optim.Optimizer, length: int | None = None
+    ) -> tuple[Any, list[str]]:
+        """The configured scheduler on ``optimizer``, and the names of the arguments filled
+        from the trainer: a ``WarmupLinearLR`` without ``total_steps`` gets ``length``, or
+        the run's length when that is ``None``."""
+        scheduler = self.scheduler(optimizer)
+        if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
+            scheduler.set_total_steps(length or self._run_length())
+            return scheduler, ["total_steps"]
+        return scheduler, []
 
     def _run_length(self) -> int:
         """Scheduler steps in the whole run: optimizer steps (all epochs, after DDP sharding
@@ -252,12 +275,71 @@ class Classifier(LightningModule):
     def _check_resume(self, settings: dict[str, Any]) -> None:
         """Keep this run's optimizer and scheduler settings; when resuming, stop (before any
         state is loaded) if they differ from the checkpoint's: torch's ``load_state_dict``
-        would silently replace the config's group options and scheduler arguments."""
+        would silently replace the config's group options and scheduler arguments. A
+        length from the trainer may differ with ``extend_schedule`` (see there)."""
         self._settings = settings
-        saved, self._resumed_settings = self._resumed_settings, None
-        if saved is not None:
-            path = str(self.trainer.ckpt_path)
-            check_optimizer_settings(saved, settings, f"checkpoint {path}", path)
+        resumed, self._resumed = self._resumed, None
+        if resumed is None:
+            return
+        saved, path = resumed["settings"], str(self.trainer.ckpt_path)
+        source = f"checkpoint {path}"
+        change = length_change(saved, settings)
+        if change is None:
+            check_optimizer_settings(saved, settings, source, path)
+            return
+        # The config with the checkpoint's length: what else differs?
+        name, saved_length, length = change
+        groups, _ = self.build_param_groups()
+        probe_optimizer = self.optimizer(groups)
+        options = group_options(probe_optimizer)
+        probe, _ = self._build_scheduler(probe_optimizer, saved_length)
+        same_length = optimizer_settings(
+            probe_optimizer, options, scheduler_arguments(probe, options, [name])
+        )
+        if not self.extend_schedule:  # raises: the length differs
+            only_length = not settings_differences(saved, same_length)
+            check_optimizer_settings(saved, settings, source, path, extend_hint=only_length)
+        check_optimizer_settings(saved, same_length, source, path)  # nothing but the length
+        self._stretch_to = self._checked_stretch(probe, resumed["scheduler_state"], length, path)
+
+    def _checked_stretch(self, probe: Any, state: dict[str, Any], length: int, path: str) -> int:
+        """``length`` if the saved schedule can be stretched to it (tried on ``probe``, a
+        copy of the scheduler with the checkpoint's state), else a ``CheckpointError``."""
+        name = type(probe).__name__
+        if not hasattr(probe, "stretch"):
+            raise CheckpointError(
+                f"extend_schedule: {name} cannot stretch the rest of its schedule (WarmupLinearLR"
+                f" can): resume {path} with its length, or start a new run from its weights: "
+                f"--model.init_weights {path}"
+            )
+        probe.load_state_dict(state)
+        if probe.last_epoch >= probe.total_steps:
+            raise CheckpointError(
+                f"extend_schedule: the schedule of checkpoint {path} has ended (step "
+                f"{probe.last_epoch} of {probe.total_steps}): there is nothing left to stretch; "
+                "to train on, start a new run from its weights with its own schedule: "
+                f"--model.init_weights {path}"
+            )
+        try:
+            probe.stretch(length)
+        except ValueError as error:
+            raise CheckpointError(f"extend_schedule: {error}") from None
+        return length
+
+    def on_train_start(self) -> None:
+        # After Lightning restored the scheduler's state (restore_training_state).
+        if self._stretch_to is not None:
+            scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+            before = scheduler.total_steps
+            scheduler.stretch(self._stretch_to)
+            start, factor, _ = scheduler.stretched_from
+            rank_zero_info(
+                f"extend_schedule: {type(scheduler).__name__} stretched from {before} to "
+                f"{self._stretch_to} steps: from step {start} each group's lr falls linearly "
+                f"from {factor:.6g} x its peak to {scheduler.end_factor:g} x its peak at step "
+                f"{self._stretch_to}"
+            )
+            self._stretch_to = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.
@@ -276,8 +358,10 @@ class Classifier(LightningModule):
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
             check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)
         if resuming and checkpoint.get("optimizer_states"):
-            self._resumed_settings = checkpoint.get(SETTINGS_KEY)
-            if self._resumed_settings is None:
+            settings = checkpoint.get(SETTINGS_KEY)
+            schedulers = checkpoint.get("lr_schedulers") or [None]
+            self._resumed = settings and {"settings": settings, "scheduler_state": schedulers[0]}
+            if settings is None:
                 rank_zero_warn(
                     f"{source} records no optimizer and scheduler settings (it predates "
                     "them): whether this config's match it is not checked; the resume "

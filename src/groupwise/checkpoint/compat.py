@@ -237,14 +237,36 @@ def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     return lines
 
 
+def length_change(saved: Mapping[str, Any], current: Mapping[str, Any]) -> tuple | None:
+    """``(argument, checkpoint's value, config's value)`` when the scheduler is of the same
+    class and an argument the config's run filled from the trainer (a length) differs."""
+    old, new = saved["scheduler"], current["scheduler"]
+    if old is None or new is None or old["class"] != new["class"]:
+        return None
+    for name in new["from_trainer"]:
+        if old["args"].get(name) != new["args"].get(name):
+            return name, old["args"].get(name), new["args"][name]
+    return None
+
+
 def check_optimizer_settings(
-    saved: Mapping[str, Any], current: Mapping[str, Any], source: str, path: str
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    source: str,
+    path: str,
+    extend_hint: bool = False,
 ) -> None:
     """Raise ``CheckpointError`` listing every difference between the optimizer and scheduler
-    settings a checkpoint was trained with and those of this config, with the ways forward."""
+    settings a checkpoint was trained with and those of this config, with the ways forward
+    (``extend_hint``: also ``--model.extend_schedule``, when only a length differs)."""
     lines = settings_differences(saved, current)
     if not lines:
         return
+    new_run = (
+        "  - start a new run from its weights with these settings: "
+        f"--model.init_weights {path} instead of --ckpt_path"
+    )
+    ways = [new_run + ", or", EXTEND_HINT] if extend_hint else [new_run + "."]
     raise CheckpointError(
         "\n".join(
             [
@@ -255,11 +277,16 @@ def check_optimizer_settings(
                 "silently replace these settings. Either",
                 "  - resume the run exactly as it was saved: drop these changes (the run's "
                 "config.yaml holds its settings), or",
-                "  - start a new run from its weights with these settings: "
-                f"--model.init_weights {path} instead of --ckpt_path.",
+                *ways,
             ]
         )
     )
+
+
+EXTEND_HINT = (
+    "  - continue this run over the new length, the rest of its schedule stretched to end "
+    "there: --model.extend_schedule true."
+)
 
 
 def _show(value: Any) -> str:

@@ -48,6 +48,8 @@ class WarmupLinearLR(LRScheduler):
         if not 0.0 <= end_factor <= 1.0:
             raise ValueError(f"end_factor must be in [0, 1], got {end_factor}")
         self.total_steps = None
+        # after ``stretch``: (step, factor at that step, warm-up steps as planned)
+        self.stretched_from: tuple[int, float, int] | None = None
         self.warmup_fraction = warmup_fraction
         self.start_factor = start_factor
         self.end_factor = end_factor
@@ -65,13 +67,47 @@ class WarmupLinearLR(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
 
+    def stretch(self, total_steps: int) -> None:
+        """Continue over ``total_steps`` scheduler steps in all, from the current step on: a
+        warm-up still in progress finishes as planned, then the factor falls linearly from
+        its value at the current step (1 if it was still warming up) to ``end_factor`` at
+        ``total_steps``. For a run resumed for more (or fewer) steps than it planned."""
+        warmup = self.warmup_steps()
+        start = max(self.last_epoch, warmup)
+        if self.total_steps is None or self.last_epoch >= self.total_steps:
+            raise ValueError(
+                f"the schedule has ended (step {self.last_epoch} of {self.total_steps})"
+            )
+        if total_steps <= start:
+            raise ValueError(
+                f"a schedule at step {self.last_epoch} (warm-up to step {warmup}) cannot be "
+                f"stretched to end at step {total_steps}: it must end after step {start}"
+            )
+        self.stretched_from = (start, self.factor(start), warmup)
+        self.total_steps = int(total_steps)
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
+
+    def warmup_steps(self) -> int:
+        """Warm-up steps: ``round(warmup_fraction * total_steps)`` of the planned length."""
+        if self.stretched_from is not None:
+            return self.stretched_from[2]
+        return round(self.warmup_fraction * self.total_steps)
+
     def factor(self, step: int) -> float:
         """The lr factor at scheduler step ``step`` (0 is the first optimizer step)."""
         if self.total_steps is None:
             return self.start_factor  # construction, before the length is known
-        warmup = round(self.warmup_fraction * self.total_steps)
+        warmup = self.warmup_steps()
         if step < warmup:
             return self.start_factor + (1.0 - self.start_factor) * step / warmup
+        if self.stretched_from is not None:
+            start, factor, _ = self.stretched_from
+            if step < start:  # the decay as planned before the stretch
+                return 1.0 + (factor - 1.0) * (step - warmup) / (start - warmup)
+            span = self.total_steps - start
+            return factor + (self.end_factor - factor) * min(step - start, span) / span
         decay = max(self.total_steps - warmup, 1)
         done = min(step - warmup, decay) / decay
         return 1.0 + (self.end_factor - 1.0) * done
