@@ -331,8 +331,7 @@ class Classifier(LightningModule):
         if self._stretch_to is not None:
             scheduler = self.trainer.lr_scheduler_configs[0].scheduler
             before = scheduler.total_steps
-            scheduler.stretch(self._stretch_to)
-            start, factor, _ = scheduler.stretched_from
+            start, factor = scheduler.stretch(self._stretch_to)
             rank_zero_info(
                 f"extend_schedule: {type(scheduler).__name__} stretched from {before} to "
                 f"{self._stretch_to} steps: from step {start} each group's lr falls linearly "

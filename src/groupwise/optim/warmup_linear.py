@@ -67,11 +67,12 @@ class WarmupLinearLR(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
 
-    def stretch(self, total_steps: int) -> None:
+    def stretch(self, total_steps: int) -> tuple[int, float]:
         """Continue over ``total_steps`` scheduler steps in all, from the current step on: a
         warm-up still in progress finishes as planned, then the factor falls linearly from
         its value at the current step (1 if it was still warming up) to ``end_factor`` at
-        ``total_steps``. For a run resumed for more (or fewer) steps than it planned."""
+        ``total_steps``. For a run resumed for more (or fewer) steps than it planned.
+        Returns the step the new decay starts at and its factor there."""
         warmup = self.warmup_steps()
         start = max(self.last_epoch, warmup)
         if self.total_steps is None or self.last_epoch >= self.total_steps:
@@ -88,6 +89,7 @@ class WarmupLinearLR(LRScheduler):
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
+        return self.stretched_from[:2]
 
     def warmup_steps(self) -> int:
         """Warm-up steps: ``round(warmup_fraction * total_steps)`` of the planned length."""
