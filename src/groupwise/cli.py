@@ -25,7 +25,8 @@ every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Eve
 gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``GroupPlan`` (the
 group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's
 Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
-went, printed and in ``summary.txt``, at the end of fit, validate and test); and
+went, printed and in ``summary.txt``, at the end of fit, validate and test) and
+``RNGStateCheckpoint`` (every rank's random states in each checkpoint, restored on resume); and
 ``--ckpt_path last`` means the newest ``last.ckpt`` of any earlier run under the logger's
 directory (Lightning's own ``"last"`` looks only in the new run's version directory, so a
 resume in a new process would silently start afresh).
@@ -52,6 +53,7 @@ from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.run_summary import RunSummary
 from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.classifier import Classifier
@@ -126,7 +128,7 @@ class GroupwiseCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary()]
+        trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
         bar = trainer.progress_bar_callback
         user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks)
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar

@@ -8,6 +8,7 @@ from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.run_summary import RunSummary
 from groupwise.callbacks.weight_init import WeightInit
 
@@ -21,6 +22,7 @@ __all__ = [
     "LearningRateMonitor",
     "NonFiniteLossError",
     "ProgressBar",
+    "RNGStateCheckpoint",
     "RunSummary",
     "WeightInit",
     "set_group_lr",

@@ -45,8 +45,13 @@ after see ``None``.
 BatchNorm: the running statistics are buffers, updated by the forward pass, not by the
 optimizer. With ``train_bn=False`` the batch-norm layers whose parameters all lie in
 frozen groups are put in eval mode for the training epochs in which they are frozen (their
-running statistics stay as they were and they normalise with them). Norm layers without
-parameters (``affine=False``) belong to no group and are left alone.
+running statistics stay as they were and they normalise with them), and back in train mode
+at the start of the epoch their group unfreezes. That switch back is this callback's job:
+Lightning sets no train mode per training epoch (a module starts in train mode, and the
+evaluation loops only restore the modes they found, ``_ModuleMode`` in
+lightning/pytorch/utilities/model_helpers.py). A resumed run starts with every layer in
+train mode and puts in eval mode only the layers still frozen at the resumed epoch. Norm
+layers without parameters (``affine=False``) belong to no group and are left alone.
 
 YAML::
 
@@ -130,7 +135,7 @@ class FreezeGroups(Callback):
         train_bn: keep training the batch-norm layers of frozen groups (their running
             statistics update in the forward pass, as Lightning's ``train_bn=True``);
             ``False`` puts the batch-norm layers whose parameters are all frozen in eval
-            mode while they are frozen.
+            mode while they are frozen, and back in train mode when they unfreeze.
     """
 
     def __init__(self, frozen: dict[str, int], train_bn: bool = True) -> None:
@@ -144,6 +149,8 @@ class FreezeGroups(Callback):
         self.train_bn = train_bn
         # id(param) -> number of epochs frozen; built from the optimizers at fit start.
         self._epochs_frozen: dict[int, int] = {}
+        # the batch-norm layers this callback put in eval mode (train_bn=False)
+        self._in_eval: list[nn.Module] = []
 
     def frozen_epochs(self, param_groups: Sequence[Mapping[str, Any]]) -> list[int]:
         """For each group of an optimizer, the number of epochs it stays frozen (0: none).
@@ -195,9 +202,14 @@ class FreezeGroups(Callback):
             return
         # Lightning's evaluation loop restores each module's train/eval mode afterwards
         # (``_ModuleMode`` in lightning/pytorch/loops/evaluation_loop.py), so this holds for
-        # the whole training epoch.
-        for module in frozen_norms(pl_module.modules(), self, trainer.current_epoch):
+        # the whole training epoch; and nothing else switches these layers back to train.
+        frozen = frozen_norms(pl_module.modules(), self, trainer.current_epoch)
+        for module in self._in_eval:
+            if not any(module is f for f in frozen):
+                module.train()
+        for module in frozen:
             module.eval()
+        self._in_eval = frozen
 
 
 def frozen_norms(

@@ -7,6 +7,9 @@ What Lightning's ``TorchCheckpointIO`` lacks:
   is a copy, so a kill during it leaves a truncated checkpoint where the good one was; and
   nothing is fsynced. Here the temporary file sits beside the target, is fsynced, and
   replaces it with one ``os.replace`` (atomic on POSIX and Windows).
+- Leftovers: a kill during a save leaves its temporary file (``.last.ckpt.tmp-<pid>``)
+  behind; the next successful save of the same file removes those of processes that are
+  no longer running (``remove_stale_temporaries``).
 - Loading: a truncated or foreign file surfaces as a low-level unpickling or zip error;
   here the error names the file and what it expected. ``weights_only=True`` is the
   default, so a checkpoint cannot run code when loaded.
@@ -49,6 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             temporary.unlink(missing_ok=True)
         _fsync_directory(path.parent)
+        remove_stale_temporaries(path)
 
     def load_checkpoint(
         self,
@@ -88,6 +92,32 @@ def load_checkpoint_file(
             f"'optimizer_states', ...; found {found}"
         )
     return checkpoint
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries ``.<name>.tmp-<pid>`` beside ``path`` whose process is no
+    longer running (a save killed part-way); return them. A running process's temporary
+    (a save in progress) is kept, and so is every file on Windows, where there is no
+    side-effect-free liveness check."""
+    if os.name == "nt":
+        return []
+    prefix, removed = f".{path.name}.tmp-", []
+    for temporary in path.parent.iterdir():
+        pid = temporary.name[len(prefix) :]
+        if temporary.name.startswith(prefix) and pid.isdigit() and not _is_running(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

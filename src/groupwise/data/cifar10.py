@@ -282,6 +282,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             collate_fn=pass_through_collate if batched else None,  # None: default_collate
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            # each iterator's seed (for its workers) is drawn from this generator: without
+            # one, every iterator created draws from torch's global generator, so how many
+            # were created (a resume creates fewer) would shift the dropout masks after it
+            generator=torch.Generator().manual_seed(global_seed()),
         )
 
     def train_dataloader(self) -> DataLoader:
