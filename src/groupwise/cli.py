@@ -108,13 +108,15 @@ class GroupwiseCLI(LightningCLI):
             load_checkpoint_file(ckpt_path)  # a clear error for a missing or broken file
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # read before the trainer is built: LightningCLI extends the configured list in place
+        # with the forced callbacks, and the Trainer with its default progress bar
+        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
+        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [GroupPlan()]
         bar = trainer.progress_bar_callback
-        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
-        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
             trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()
         return trainer
