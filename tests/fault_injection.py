@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -110,3 +111,17 @@ class RecordTrainStart(Callback):
             "optimizer_state": sum(len(optimizer.state) for optimizer in trainer.optimizers),
             "scheduler_last_epoch": [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs],
         }
+
+
+class NaNBatchOnRank(Callback):
+    """Fill the images of the batch of global step ``step`` with NaN on global rank ``rank``
+    only, and write the time it did so to ``<out>/injected.txt``."""
+
+    def __init__(self, rank: int, step: int, out: str) -> None:
+        self.rank, self.step, self.out = rank, step, Path(out)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, *a):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "injected.txt").write_text(repr(time.time()))
