@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -110,9 +111,12 @@ class GroupwiseCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # read before the trainer is built: LightningCLI extends the configured list in place
         # with the forced callbacks, and the Trainer with its default progress bar
-        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        user_callbacks = trainer_config.get("callbacks")
         user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer_config.get("sync_batchnorm") and trainer.world_size > 1:
+            check_sync_batchnorm(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [GroupPlan()]
@@ -126,6 +130,17 @@ class GroupwiseCLI(LightningCLI):
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = newest_last_checkpoint(self.trainer) or "last"
         super()._run_subcommand(subcommand)
+
+
+def check_sync_batchnorm(trainer: Trainer) -> None:
+    """Raise before any process starts where torch's SyncBatchNorm cannot run (it raises
+    "SyncBatchNorm layers only work with GPU modules" in every rank once DDP wraps the net)."""
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        raise ValueError(
+            f"trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm runs on CUDA and"
+            f" XPU devices only, and this run has {trainer.world_size} CPU processes. Set it"
+            " to false (each process then normalises its own batch with its own statistics)."
+        )
 
 
 def config_paths(argv: list[str]) -> list[str]:
