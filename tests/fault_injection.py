@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -62,28 +63,46 @@ class PoisonAtStep(Callback):
 
 
 class RecordRank(Callback):
-    """Write, per rank, the training indices fetched each epoch, the final weights and the
-    final metrics to ``<out>/rank<r>.pt``."""
+    """Write, per rank, the training and validation indices fetched each epoch, the final
+    weights, the final metrics and the image count of the last validation confusion matrix
+    to ``<out>/rank<r>.pt``."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.seen: dict[int, list[int]] = {}
+        self.val_seen: dict[int, list[int]] = {}
+        self._val_recorded = False
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dataset = trainer.train_dataloader.dataset
+    def _record(self, trainer: L.Trainer, dataset, seen: dict[int, list[int]]) -> None:
         fetch = dataset.__getitems__
 
         def recording(indices):
-            self.seen.setdefault(trainer.current_epoch, []).extend(indices)
+            if not trainer.sanity_checking:
+                seen.setdefault(trainer.current_epoch, []).extend(indices)
             return fetch(indices)
 
         dataset.__getitems__ = recording
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, trainer.train_dataloader.dataset, self.seen)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._val_recorded and not trainer.sanity_checking:
+            self._val_recorded = True
+            self._record(trainer, trainer.val_dataloaders.dataset, self.val_seen)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        record = {"seen": self.seen, "state_dict": state, "metrics": metrics}
+        matrices = [c.last_matrix for c in trainer.callbacks if hasattr(c, "last_matrix")]
+        record = {
+            "seen": self.seen,
+            "val_seen": self.val_seen,
+            "state_dict": state,
+            "metrics": metrics,
+            "confusion_total": [int(m.sum()) for m in matrices if m is not None],
+        }
         torch.save(record, self.out / f"rank{trainer.global_rank}.pt")
 
 
@@ -110,3 +129,17 @@ class RecordTrainStart(Callback):
             "optimizer_state": sum(len(optimizer.state) for optimizer in trainer.optimizers),
             "scheduler_last_epoch": [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs],
         }
+
+
+class NaNBatchOnRank(Callback):
+    """Fill the images of the batch of global step ``step`` with NaN on global rank ``rank``
+    only, and write the time it did so to ``<out>/injected.txt``."""
+
+    def __init__(self, rank: int, step: int, out: str) -> None:
+        self.rank, self.step, self.out = rank, step, Path(out)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, *a):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "injected.txt").write_text(repr(time.time()))

@@ -117,6 +117,15 @@ def test_keyed_crop_flip_is_independent_of_batching_and_keyed_by_seed_and_epoch(
     assert not torch.equal(whole, keyed_crop_flip(images, index, seed=4, epoch=1))
 
 
+def test_keyed_bits_exact_values():
+    """The bits that key every image's crop and flip: a change here changes every run's
+    augmentation (and a resumed run's against its checkpoint's)."""
+    index = torch.tensor([0, 1, 2, 49_999])
+    assert keyed_bits(0, 0, index).tolist() == [0, 2543100323, 791167814, 1084230278]
+    assert keyed_bits(12345, 7, index).tolist() == [3113189570, 3006478098, 3305345053, 3056061530]
+    assert keyed_bits(2**40 + 3, 2**33 + 1, torch.tensor([5])).tolist() == [1250734454]
+
+
 def test_keyed_crop_flip_choices_are_uniform():
     bits = keyed_bits(seed=0, epoch=0, indices=torch.arange(90_000))
     dy, dx, flip = (bits & 0xFFFF) % 9, ((bits >> 16) & 0x7FFF) % 9, bits >> 31

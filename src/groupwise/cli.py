@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -58,7 +59,7 @@ from groupwise.callbacks.run_summary import RunSummary
 from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule
-from groupwise.errors import exit_on_user_error
+from groupwise.errors import ConfigError, exit_on_user_error
 from groupwise.preflight import check_before_fit
 
 
@@ -122,23 +123,31 @@ class GroupwiseCLI(LightningCLI):
             load_checkpoint_file(ckpt_path)  # a clear error for a missing or broken file
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # read before the trainer is built: LightningCLI extends the configured list in place
+        # with the forced callbacks, and the Trainer with its default progress bar
         user_callbacks = self.configured_callbacks()
+        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks)
         if self.subcommand == "fit":  # before the trainer: nothing is written yet
             check_before_fit(self.model, user_callbacks)
         trainer = super().instantiate_trainer(**kwargs)
+        if self.configured("trainer.sync_batchnorm") and trainer.world_size > 1:
+            check_sync_batchnorm(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
         bar = trainer.progress_bar_callback
-        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks)
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
             trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()
         return trainer
 
+    def configured(self, key: str) -> Any:
+        """The instantiated config's value at ``key`` (e.g. ``trainer.callbacks``), under the
+        subcommand's namespace when there is one."""
+        return self.config_init.get(f"{self.subcommand}.{key}" if self.subcommand else key)
+
     def configured_callbacks(self) -> list[Any]:
         """The instantiated callbacks of the config's ``trainer.callbacks``."""
-        key = f"{self.subcommand}.trainer.callbacks" if self.subcommand else "trainer.callbacks"
-        callbacks = self.config_init.get(key) or []
+        callbacks = self.configured("trainer.callbacks") or []
         return list(callbacks) if isinstance(callbacks, list) else [callbacks]
 
     def resolve_last_checkpoint(self) -> None:
@@ -150,6 +159,17 @@ class GroupwiseCLI(LightningCLI):
             config["ckpt_path"] = newest_last_checkpoint(self.trainer) or "last"
 
     before_fit = before_validate = before_test = before_predict = resolve_last_checkpoint
+
+
+def check_sync_batchnorm(trainer: Trainer) -> None:
+    """Raise before any process starts where torch's SyncBatchNorm cannot run (it raises
+    "SyncBatchNorm layers only work with GPU modules" in every rank once DDP wraps the net)."""
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(
+            f"trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm runs on CUDA and"
+            f" XPU devices only, and this run has {trainer.world_size} CPU processes. Set it"
+            " to false (each process then normalises its own batch with its own statistics)."
+        )
 
 
 def config_paths(argv: list[str]) -> list[str]:

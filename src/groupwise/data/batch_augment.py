@@ -5,11 +5,18 @@ call, so on a batch they crop or flip every image the same way; per-image random
 needs one call per image (a Python loop). Here each image's crop and flip are keyed by
 (seed, epoch, image index) and applied to the whole batch in one gather, which is what
 makes batched augmentation on the model's device cheap.
+
+Nothing here reads a tensor on the host or makes a tensor from Python data once the
+batch is on the device (on a GPU each would be a host-device sync or a blocking copy in
+every training step): the per-image choices come from the batch's own index tensor, the
+(seed, epoch) part of their key is hashed in Python ints, and the mean and standard
+deviation are built once per device and kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +61,10 @@ def crop_flip(
 _MASK32 = 0xFFFFFFFF
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in
-    [0, 2**32). The multipliers are below 2**31, so no product overflows int64."""
+def _mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer hash (xorshift-multiply rounds) of int64 tensors or Python ints
+    holding values in [0, 2**32), the same bits for both. The multipliers are below 2**31,
+    so no product overflows int64."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
     x = x ^ (x >> 15)
@@ -70,9 +78,8 @@ def keyed_bits(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
     Counter-based rather than drawn from a generator's stream: the bits of an image do not
     depend on which batch, rank or process it lands in, or on what was drawn before it.
     """
-    base = _mix32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=indices.device))
-    base = _mix32(base ^ (epoch & _MASK32))
-    return _mix32(base ^ (indices.to(torch.int64) & _MASK32))
+    base = _mix32(_mix32(seed & _MASK32) ^ (epoch & _MASK32))  # Python ints: no tensor made
+    return _mix32((indices.to(torch.int64) & _MASK32) ^ base)
 
 
 def keyed_crop_flip(
@@ -96,8 +103,24 @@ def normalize(
 ) -> torch.Tensor:
     """uint8 images in [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel.
 
-    Same arithmetic as torchvision's ``ToDtype(float32, scale=True)`` then ``Normalize``.
+    Same arithmetic as torchvision's ``ToDtype(float32, scale=True)`` then ``Normalize``,
+    with ``mean`` and ``std`` as tensors kept per device: torchvision's ``normalize`` builds
+    them from the Python lists on every call (on a GPU, a blocking host-to-device copy).
     """
     _check_batch(images)
     scaled = TF.to_dtype(images, torch.float32, scale=True)
-    return TF.normalize(scaled, mean=list(mean), std=list(std), inplace=True)  # our copy
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), images.device)
+    return TF.normalize(scaled, mean=mean_t, std=std_t, inplace=True)  # our copy
+
+
+@lru_cache(maxsize=16)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 tensors on ``device``, made once per device."""
+    if not all(std):
+        raise ValueError(f"std must have no zero, got {list(std)}")
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device),
+        torch.tensor(std, dtype=torch.float32, device=device),
+    )
