@@ -49,6 +49,7 @@ from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
 from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
 from groupwise.data.cifar10 import global_seed
+from groupwise.optim.per_group import build_optimizer
 from groupwise.optim.warmup_linear import WarmupLinearLR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,9 @@ def plain_fit(
     net = model.net
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = model.optimizer(model.build_param_groups()[0])
+    optimizer = build_optimizer(
+        model.net, model.param_groups, model.optimizer, model.no_decay_split
+    )
     scheduler = model.scheduler(optimizer) if model.scheduler else None
     if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
         scheduler.set_total_steps(steps)

@@ -20,7 +20,8 @@ from groupwise.checkpoint.compat import (
     saved_layout,
 )
 from groupwise.checkpoint.io import load_checkpoint_file
-from groupwise.optim.param_groups import build_param_groups, describe, format_table
+from groupwise.optim.param_groups import describe_optimizer, format_table
+from groupwise.optim.per_group import build_groups, build_optimizer, template
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
 from groupwise.optim.warmup_linear import WarmupLinearLR
 
@@ -34,7 +35,10 @@ class Classifier(LightningModule):
     Args:
         net: the network, any ``torch.nn.Module`` mapping images to logits.
         optimizer: the optimizer class and its defaults (YAML ``class_path`` /
-            ``init_args``); called here with the built parameter groups.
+            ``init_args``); called here with the built parameter groups. A group rule may
+            name its own optimizer (``optimizer:`` in the rule, see
+            ``groupwise.optim.per_group``); then Lightning gets a ``CombinedOptimizer``
+            with one child per group and this one for the groups that name none.
         scheduler: the learning-rate scheduler; ``None`` for none.
         scheduler_interval: step the scheduler after every ``epoch`` (milestones count
             epochs) or every optimizer ``step``.
@@ -189,19 +193,20 @@ class Classifier(LightningModule):
             self._net_compiled = True
 
     def build_param_groups(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The optimizer's param groups from the rules, and the optimizer's defaults."""
-        # The optimizer's defaults as configured (lr, momentum, ...) decide which options a
-        # group may set and the base lr of ``lr_scale``: read them off a throwaway instance.
-        defaults = self.optimizer([torch.zeros(1, requires_grad=True)]).defaults
-        groups = build_param_groups(self.net, self.param_groups, defaults, self.no_decay_split)
-        return groups, defaults
+        """The optimizer's param groups from the rules, and the (default) optimizer's
+        defaults."""
+        # The optimizers' defaults as configured (lr, momentum, ...) decide which options a
+        # group may set and the base lr of ``lr_scale``: read off throwaway instances.
+        groups, _ = build_groups(self.net, self.param_groups, self.optimizer, self.no_decay_split)
+        return groups, template(self.optimizer).defaults
 
     def configure_optimizers(self) -> Any:
-        groups, defaults = self.build_param_groups()
-        optimizer = self.optimizer(groups)
+        optimizer = build_optimizer(
+            self.net, self.param_groups, self.optimizer, self.no_decay_split
+        )
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
-            + format_table(describe(optimizer.param_groups, defaults))
+            + format_table(describe_optimizer(optimizer))
         )
         if self.scheduler is None:
             return optimizer

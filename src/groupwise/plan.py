@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from groupwise.cli import GroupwiseCLI, run
-from groupwise.optim.param_groups import describe, format_table
+from groupwise.optim.param_groups import describe_optimizer, format_table
 
 Schedule = dict[str, list[float]]  # group name -> lr at each epoch (0-based)
 
@@ -185,10 +185,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     epochs = cli.trainer.max_epochs if options.epochs is None else options.epochs
     if epochs < 0:
         parser.error("trainer.max_epochs is -1 (no limit): give --epochs")
-    # initial_lr is the scheduler's bookkeeping, not an option of the group.
-    groups = [{k: v for k, v in g.items() if k != "initial_lr"} for g in optimizer.param_groups]
     print(f"{type(optimizer).__name__} parameter groups:")
-    print(format_table(describe(groups, optimizer.defaults)))
+    # initial_lr is the scheduler's bookkeeping, not an option of the group.
+    print(format_table(describe_optimizer(optimizer, hide=("initial_lr",))))
     schedule = lr_schedule(optimizer, scheduler, epochs, frequency)
     print(f"\nlearning rate per group over {epochs} epochs (0-based):")
     print(format_table(lr_rows(schedule)))

@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from groupwise.optim.param_groups import _cell, describe, format_table
+from groupwise.optim.param_groups import _cell, describe_optimizer, format_table
 
 FILENAME = "param_groups.txt"
 TAG = "param_groups"
@@ -48,7 +48,7 @@ class GroupPlan(Callback):
             return
         tables, markdown = [], []
         for optimizer in trainer.optimizers:
-            rows = describe(optimizer.param_groups, optimizer.defaults)
+            rows = describe_optimizer(optimizer)
             tables.append(format_table(rows))
             markdown.append(markdown_table(rows))
         if not tables:
