@@ -14,12 +14,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
+    OPTIMIZERS_KEY,
     check_group_layout,
+    check_optimizer_classes,
     check_state_dict,
     group_layout,
+    optimizer_classes,
     saved_layout,
 )
 from groupwise.checkpoint.io import load_checkpoint_file
+from groupwise.optim.combined import class_path
 from groupwise.optim.param_groups import describe_optimizer, format_table
 from groupwise.optim.per_group import build_groups, build_optimizer, template
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
@@ -192,14 +196,6 @@ class Classifier(LightningModule):
             self.net.compile()
             self._net_compiled = True
 
-    def build_param_groups(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The optimizer's param groups from the rules, and the (default) optimizer's
-        defaults."""
-        # The optimizers' defaults as configured (lr, momentum, ...) decide which options a
-        # group may set and the base lr of ``lr_scale``: read off throwaway instances.
-        groups, _ = build_groups(self.net, self.param_groups, self.optimizer, self.no_decay_split)
-        return groups, template(self.optimizer).defaults
-
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(
             self.net, self.param_groups, self.optimizer, self.no_decay_split
@@ -242,7 +238,10 @@ class Classifier(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.
         if self._trainer is not None and self.trainer.optimizers:
-            checkpoint[LAYOUT_KEY] = group_layout(self.net, self.trainer.optimizers[0].param_groups)
+            optimizer = self.trainer.optimizers[0]
+            checkpoint[LAYOUT_KEY] = group_layout(self.net, optimizer.param_groups)
+            # and which optimizer class steps each group: lets a resume check that too
+            checkpoint[OPTIMIZERS_KEY] = optimizer_classes(optimizer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
@@ -250,4 +249,13 @@ class Classifier(LightningModule):
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         saved = saved_layout(checkpoint)
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
-            check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)
+            groups, factories = build_groups(
+                self.net, self.param_groups, self.optimizer, self.no_decay_split
+            )
+            check_group_layout(saved, group_layout(self.net, groups), source)
+            if OPTIMIZERS_KEY in checkpoint:
+                current = {
+                    group["name"]: class_path(template(factory or self.optimizer))
+                    for group, factory in zip(groups, factories, strict=True)
+                }
+                check_optimizer_classes(checkpoint[OPTIMIZERS_KEY], current, source)
