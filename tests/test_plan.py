@@ -106,3 +106,27 @@ def test_script_prints_both_tables_and_writes_the_png(tmp_path):
         assert re.search(rf"\n{epoch}\s+{features}\s+{classifier}\n", out)
     assert png.is_file() and f"wrote {png}" in out
     assert "Seed set" not in done.stderr  # Lightning's chatter is hidden
+
+
+def test_script_shows_each_group_s_optimizer(tmp_path):
+    overlay = tmp_path / "muon.yaml"
+    overlay.write_text(
+        "model:\n  param_groups:\n"
+        "    - {name: features, params: ['features.*.weight'],"
+        " optimizer: {class_path: groupwise.optim.Muon, init_args: {lr: 0.02}}}\n"
+        "    - {name: classifier, modules: [classifier], lr_scale: 10.0}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plan.py"), "--config", LENET]
+        + ["--config", str(overlay), *HALVING, "--epochs", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "CombinedOptimizer parameter groups:" in out
+    assert re.search(r"name\s+optimizer\s+tensors\s+parameters\s+lr\s+weight_decay\s+momentum", out)
+    assert re.search(r"features\s+Muon\s+2\s+2,850\s+0.02\s+0.1\s+0.95\n", out)
+    assert re.search(r"classifier\s+SGD\s+6\s+59,134\s+0.1\s+0.0005\s+0.9\n", out)
+    assert re.search(r"default\s+SGD\s+2\s+22\s+0.01\s+0.0005\s+0.9\n", out)
+    assert re.search(r"\n1\s+0.01\s+0.05\s+0.005\n", out)  # each group halved at epoch 1
