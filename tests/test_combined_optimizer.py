@@ -272,3 +272,12 @@ def test_the_group_table_names_each_group_s_optimizer():
         ("default", "SGD", 0.9),
     ]
     assert rows[2]["betas"] == (0.9, 0.999) and rows[0]["betas"] == "-"
+
+
+def test_lr_scale_scales_the_group_s_own_optimizer_s_lr():
+    rule = {**RULES[1], "lr_scale": 0.5}
+    optimizer = build_optimizer(Net(), [rule], SGD)
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [
+        ("filters", 0.1),  # half of Muon's 0.2, not of SGD's 0.1
+        ("default", 0.1),
+    ]
