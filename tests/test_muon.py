@@ -144,3 +144,12 @@ def test_a_muon_rule_matching_a_bias_names_it_through_the_model():
 def test_bad_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
         Muon([nn.Parameter(torch.ones(2, 2))], **options)
+
+
+def test_the_no_decay_half_of_a_muon_rule_is_refused_with_a_hint():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    rules = [{"name": "convs", "modules": ["0"], "optimizer": "groupwise.optim.Muon"}]
+    with pytest.raises(
+        ParamGroupError, match=r"'convs.no_decay' uses Muon.*0\.bias.*no_decay_split"
+    ):
+        build_optimizer(net, rules, torch.optim.SGD, no_decay_split=True)

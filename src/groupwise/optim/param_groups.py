@@ -70,10 +70,10 @@ def build_param_groups(
     rules = list(rules or [])
     _check_names(rules)
     own = dict(rule_defaults or {})
-    for label, opts in [("the optimizer", defaults), *own.values()]:
+    for label, opts in [("this one", defaults), *own.values()]:
         if no_decay_split and "weight_decay" not in opts:
             raise ParamGroupError(
-                f"no_decay_split needs optimizers with a weight_decay option; {label} takes "
+                f"no_decay_split needs an optimizer with a weight_decay option; {label} takes "
                 f"{sorted(opts)}"
             )
     options = [
