@@ -19,6 +19,7 @@ from file_snapshot import assert_kept, snapshot
 from test_finetune import callback_arg, freeze_arg, recorder
 from test_muon import newton_schulz
 
+from groupwise.callbacks.finite_loss import NonFiniteLossError
 from groupwise.cli import run
 from groupwise.optim import CombinedOptimizer, Muon
 
@@ -173,6 +174,17 @@ def test_a_bad_group_optimizer_option_stops_before_training(data_dir, tmp_path):
     assert done.returncode != 0
     assert "'filters' sets ['betas'], which Muon does not take" in done.stderr
     assert not (tmp_path / "lightning_logs" / "version_0" / "checkpoints").exists()
+
+
+def test_a_nan_loss_stops_naming_every_group_s_lr(data_dir, tmp_path):
+    poison = {"class_path": "fault_injection.PoisonAtStep", "init_args": {"step": 4}}
+    args = quick(data_dir, tmp_path, f"--trainer.callbacks+={json.dumps(poison)}")
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"epoch 1, batch 1, global step 5; learning rates: "
+        r"filters=0\.1, norm=0\.1, default=0\.025\.",
+    ):
+        run(["fit", "--config", write_config(tmp_path), *args])
 
 
 # ---- resume and DDP (subprocesses) ---------------------------------------------------------
