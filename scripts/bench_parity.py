@@ -120,7 +120,7 @@ def plain_fit(
     net = model.net
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = model.optimizer(model.build_param_groups()[0])
+    optimizer = model.build_optimizer()
     per_step = model.scheduler is not None and model.scheduler_interval == "step"
     scheduler = None
     if model.scheduler is not None:  # built as fit builds it; a per-step run is `steps` long

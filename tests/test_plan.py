@@ -146,15 +146,18 @@ def test_plot_is_a_png_with_one_line_per_group(tmp_path):
     assert {(31, 119, 180), (255, 127, 14)} <= drawn
 
 
-def test_script_prints_both_tables_and_writes_the_png(tmp_path):
-    png = tmp_path / "lr.png"
+def plan_script(*args: str) -> subprocess.CompletedProcess:
+    """``scripts/plan.py ARGS`` in a subprocess; asserts it succeeded."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plan.py"), "--config", LENET, *HALVING]
-        + ["--epochs", "3", "--png", str(png)],
-        capture_output=True,
-        text=True,
+        [sys.executable, str(ROOT / "scripts" / "plan.py"), *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_script_prints_both_tables_and_writes_the_png(tmp_path):
+    png = tmp_path / "lr.png"
+    done = plan_script("--config", LENET, *HALVING, "--epochs", "3", "--png", str(png))
     out = done.stdout
     assert "SGD parameter groups:" in out
     assert re.search(r"features\s+4\s+2,872\s+0.01\s+0.0005\s+0.9\n", out)
@@ -165,3 +168,20 @@ def test_script_prints_both_tables_and_writes_the_png(tmp_path):
         assert re.search(rf"\n{epoch}\s+{features}\s+{classifier}\n", out)
     assert png.is_file() and f"wrote {png}" in out
     assert "Seed set" not in done.stderr  # Lightning's chatter is hidden
+
+
+def test_script_shows_each_group_s_optimizer(tmp_path):
+    overlay = tmp_path / "muon.yaml"
+    overlay.write_text(
+        "model:\n  param_groups:\n"
+        "    - {name: features, params: ['features.*.weight'],"
+        " optimizer: {class_path: groupwise.optim.Muon, init_args: {lr: 0.02}}}\n"
+        "    - {name: classifier, modules: [classifier], lr_scale: 10.0}\n"
+    )
+    out = plan_script("--config", LENET, "--config", str(overlay), *HALVING, "--epochs", "2").stdout
+    assert "CombinedOptimizer parameter groups:" in out
+    assert re.search(r"name\s+optimizer\s+tensors\s+parameters\s+lr\s+weight_decay\s+momentum", out)
+    assert re.search(r"features\s+Muon\s+2\s+2,850\s+0.02\s+0.1\s+0.95\n", out)
+    assert re.search(r"classifier\s+SGD\s+6\s+59,134\s+0.1\s+0.0005\s+0.9\n", out)
+    assert re.search(r"default\s+SGD\s+2\s+22\s+0.01\s+0.0005\s+0.9\n", out)
+    assert re.search(r"\n1\s+0.01\s+0.05\s+0.005\n", out)  # each group halved at epoch 1

@@ -47,7 +47,7 @@ CASES = {
         ["--model.param_groups", '[{"name": "f", "modules": ["features"], "lr_scal": 2}]'],
         "error: parameter group 'f' sets 'lr_scal' (did you mean 'lr_scale'?), which the "
         f"optimizer does not take; valid options: {SGD_OPTIONS}, and the rule keys "
-        "['lr_scale', 'modules', 'name', 'params']",
+        "['lr_scale', 'modules', 'name', 'optimizer', 'params']",
     ),
     "milestones": (
         ["--model.scheduler.init_args.milestones", "[3, 2]"],

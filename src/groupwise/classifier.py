@@ -14,13 +14,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
+    OPTIMIZERS_KEY,
     SETTINGS_KEY,
     check_group_layout,
+    check_optimizer_classes,
     check_optimizer_settings,
     check_state_dict,
     group_layout,
     group_options,
     length_change,
+    optimizer_classes,
     optimizer_settings,
     saved_layout,
     scheduler_arguments,
@@ -28,13 +31,10 @@ from groupwise.checkpoint.compat import (
 )
 from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.errors import ConfigError
+from groupwise.optim.combined import class_path
 from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
-from groupwise.optim.param_groups import (
-    build_param_groups,
-    describe,
-    format_table,
-    parameter_names,
-)
+from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
+from groupwise.optim.per_group import build_groups, build_optimizer, template
 from groupwise.optim.schedule_length import check_length as check_length_against_run
 from groupwise.optim.schedule_length import fill_length, run_length
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
@@ -49,7 +49,10 @@ class Classifier(LightningModule):
     Args:
         net: the network, any ``torch.nn.Module`` mapping images to logits.
         optimizer: the optimizer class and its defaults (YAML ``class_path`` /
-            ``init_args``); called here with the built parameter groups.
+            ``init_args``); called here with the built parameter groups. A group rule may
+            name its own optimizer (``optimizer:`` in the rule, see
+            ``groupwise.optim.per_group``); then Lightning gets a ``CombinedOptimizer``
+            with one child per group and this one for the groups that name none.
         scheduler: the learning-rate scheduler; ``None`` for none.
         scheduler_interval: step the scheduler after every ``epoch`` (milestones count
             epochs) or every optimizer ``step``.
@@ -235,27 +238,22 @@ class Classifier(LightningModule):
             self.net.compile()
             self._net_compiled = True
 
-    def build_param_groups(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The optimizer's param groups from the rules, and the optimizer's defaults."""
-        # The optimizer's defaults as configured (lr, momentum, ...) decide which options a
-        # group may set and the base lr of ``lr_scale``: read them off a throwaway instance.
-        defaults = self.optimizer([torch.zeros(1, requires_grad=True)]).defaults
-        groups = build_param_groups(self.net, self.param_groups, defaults, self.no_decay_split)
-        return groups, defaults
+    def build_param_groups(self) -> tuple[list[dict[str, Any]], list[Any]]:
+        """The optimizer's param groups from the rules, and for each group the factory of
+        its own optimizer (``None``: the model's ``optimizer``)."""
+        return build_groups(self.net, self.param_groups, self.optimizer, self.no_decay_split)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """The optimizer over the named parameter groups."""
-        groups, _ = self.build_param_groups()
-        return self.optimizer(groups)
+        """The optimizer over the named parameter groups: the model's ``optimizer``, or a
+        ``CombinedOptimizer`` when a rule names its own (``groupwise.optim.per_group``)."""
+        return build_optimizer(self.net, self.param_groups, self.optimizer, self.no_decay_split)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
         options = group_options(optimizer)  # as configured, before a scheduler changes them
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
-            + format_table(
-                describe(optimizer.param_groups, optimizer.defaults, parameter_names(self.net))
-            )
+            + format_table(describe_optimizer(optimizer, parameter_names(self.net)))
         )
         if self.scheduler is None:
             self._check_resume(optimizer_settings(optimizer, options, None))
@@ -319,8 +317,7 @@ class Classifier(LightningModule):
             return
         # The config with the checkpoint's length: what else differs?
         name, saved_length, length = change
-        groups, _ = self.build_param_groups()
-        probe_optimizer = self.optimizer(groups)
+        probe_optimizer = self.build_optimizer()
         options = group_options(probe_optimizer)
         probe, _ = self._build_scheduler(probe_optimizer, saved_length, check_length=False)
         same_length = optimizer_settings(
@@ -373,7 +370,10 @@ class Classifier(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.
         if self._trainer is not None and self.trainer.optimizers:
-            checkpoint[LAYOUT_KEY] = group_layout(self.net, self.trainer.optimizers[0].param_groups)
+            optimizer = self.trainer.optimizers[0]
+            checkpoint[LAYOUT_KEY] = group_layout(self.net, optimizer.param_groups)
+            # and which optimizer class steps each group: lets a resume check that too
+            checkpoint[OPTIMIZERS_KEY] = optimizer_classes(optimizer)
         # The optimizer's class, each group's configured options and the scheduler's
         # arguments: lets a resume check that the config still asks for the same.
         if self._settings is not None:
@@ -385,7 +385,17 @@ class Classifier(LightningModule):
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         saved = saved_layout(checkpoint)
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
-            check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)
+            groups, factories = self.build_param_groups()
+            check_group_layout(saved, group_layout(self.net, groups), source)
+            saved_classes = checkpoint.get(OPTIMIZERS_KEY, {})
+            # where an optimizer per group is involved, name each group whose class changed
+            # (a whole optimizer's class change is in the settings check's full message)
+            if any(factories) or len(set(saved_classes.values())) > 1:
+                current = {
+                    group["name"]: class_path(template(factory or self.optimizer))
+                    for group, factory in zip(groups, factories, strict=True)
+                }
+                check_optimizer_classes(saved_classes, current, source)
         if resuming and checkpoint.get("optimizer_states"):
             settings = checkpoint.get(SETTINGS_KEY)
             schedulers = checkpoint.get("lr_schedulers") or [None]

@@ -34,11 +34,13 @@ resume in a new process would silently start afresh).
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -196,6 +198,11 @@ def newest_last_checkpoint(trainer: Trainer) -> str | None:
 def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
     """Run the CLI on ``args`` (``sys.argv`` when ``None``) and return it (for tests and
     tools); ``kwargs`` go to ``LightningCLI``, e.g. ``run=False`` to build without running."""
+    # A group rule's ``optimizer: {class_path, init_args}`` stays data for
+    # groupwise.optim.per_group to resolve; without this, jsonargparse tries to instantiate
+    # such specs inside ``Any`` (deprecated, with a warning; the default from jsonargparse 5).
+    if "instantiate_subclass_spec_in_any" in inspect.signature(set_parsing_settings).parameters:
+        set_parsing_settings(instantiate_subclass_spec_in_any=False)
     return GroupwiseCLI(
         Classifier,
         CIFAR10DataModule,

@@ -37,7 +37,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from groupwise.cli import GroupwiseCLI, run
 from groupwise.errors import ConfigError
-from groupwise.optim.param_groups import describe, format_table, parameter_names
+from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
 
 Schedule = dict[str, list[float]]  # group name -> lr at each epoch (or step), 0-based
 
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     optimizer, per_epoch = setup.optimizer, setup.steps_per_epoch
     print(f"{type(optimizer).__name__} parameter groups:")
     names = parameter_names(cli.model.net)
-    print(format_table(describe(optimizer.param_groups, optimizer.defaults, names)))
+    print(format_table(describe_optimizer(optimizer, names)))
     schedule = lr_schedule(optimizer, setup.scheduler, epochs * per_epoch)
     if per_epoch > 1:
         print(

@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from groupwise.optim.param_groups import _cell, describe, format_table, parameter_names
+from groupwise.optim.param_groups import _cell, describe_optimizer, format_table, parameter_names
 
 FILENAME = "param_groups.txt"
 TAG = "param_groups"
@@ -51,7 +51,7 @@ class GroupPlan(Callback):
         # so that a tied weight is listed under the names its rules see
         names = parameter_names(getattr(pl_module, "net", pl_module))
         for optimizer in trainer.optimizers:
-            rows = describe(optimizer.param_groups, optimizer.defaults, names)
+            rows = describe_optimizer(optimizer, names)
             tables.append(format_table(rows))
             markdown.append(markdown_table(rows))
         if not tables:

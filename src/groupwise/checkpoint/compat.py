@@ -291,3 +291,39 @@ EXTEND_HINT = (
 
 def _show(value: Any) -> str:
     return "none" if value is None else str(value)
+
+
+# ---- the optimizer class of each group ---------------------------------------------------
+
+OPTIMIZERS_KEY = "param_group_optimizers"
+
+
+def optimizer_classes(optimizer: Any) -> dict[str, str]:
+    """Each group's name -> the class (``module.QualName``) of the optimizer that steps it:
+    the optimizer's own, or with an optimizer per group (``CombinedOptimizer``) the
+    group's."""
+    children = getattr(optimizer, "group_optimizers", None) or [optimizer] * len(
+        optimizer.param_groups
+    )
+    return {
+        group.get("name", f"pg{i}"): f"{type(child).__module__}.{type(child).__qualname__}"
+        for i, (group, child) in enumerate(zip(optimizer.param_groups, children, strict=True))
+    }
+
+
+def check_optimizer_classes(
+    saved: Mapping[str, str], current: Mapping[str, str], source: str
+) -> None:
+    """Raise ``CheckpointError`` naming each group whose optimizer class differs."""
+    changed = [
+        f"  {name}: {saved[name]} in the checkpoint, {cls} in the config"
+        for name, cls in current.items()
+        if name in saved and saved[name] != cls
+    ]
+    if changed:
+        raise CheckpointError(
+            "\n".join(
+                [f"the optimizer of some parameter groups differs from {source}:", *changed]
+                + [WEIGHTS_ONLY_HINT]
+            )
+        )

@@ -48,7 +48,7 @@ from groupwise.errors import ConfigError, did_you_mean
 DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = ".no_decay"
 # Keys of a rule that select parameters or name the group; every other key is an option.
-RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale"})
+RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale", "optimizer"})
 NO_DECAY_OPTIONS = {"weight_decay": 0.0}
 
 
@@ -61,6 +61,7 @@ def build_param_groups(
     rules: Sequence[Mapping[str, Any]] | None,
     defaults: Mapping[str, Any],
     no_decay_split: bool = False,
+    rule_defaults: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Build named optimizer param groups for ``model`` from ``rules``.
 
@@ -71,18 +72,24 @@ def build_param_groups(
             may set, and the base ``lr`` that ``lr_scale`` multiplies.
         no_decay_split: move biases and norm parameters of each group to
             ``<name>.no_decay`` with ``weight_decay=0``.
+        rule_defaults: for the rules that name their own optimizer (by rule name), that
+            optimizer's name and defaults, used instead of ``defaults`` for the rule.
 
     Returns:
         A list of dicts with ``name``, ``params`` and the group's own options.
     """
     rules = list(rules or [])
     _check_names(rules)
-    if no_decay_split and "weight_decay" not in defaults:
-        raise ParamGroupError(
-            f"no_decay_split needs an optimizer with a weight_decay option; this one takes "
-            f"{sorted(defaults)}"
-        )
-    options = [_group_options(rule, defaults) for rule in rules]
+    own = dict(rule_defaults or {})
+    for label, opts in [("this one", defaults), *own.values()]:
+        if no_decay_split and "weight_decay" not in opts:
+            raise ParamGroupError(
+                f"no_decay_split needs an optimizer with a weight_decay option; {label} takes "
+                f"{sorted(opts)}"
+            )
+    options = [
+        _group_options(rule, *own.get(rule["name"], ("the optimizer", defaults))) for rule in rules
+    ]
     prefixes = [_module_prefixes(model, rule) for rule in rules]
 
     assigned: list[list[tuple[str, nn.Parameter]]] = [[] for _ in rules]
@@ -163,14 +170,17 @@ def _check_names(rules: Sequence[Mapping[str, Any]]) -> None:
                 )
 
 
-def _group_options(rule: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The optimizer options a rule sets, with ``lr_scale`` resolved to ``lr``."""
+def _group_options(
+    rule: Mapping[str, Any], label: str, defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The options a rule sets for its optimizer (``label``: the optimizer, for errors),
+    with ``lr_scale`` resolved to ``lr``."""
     opts = {key: value for key, value in rule.items() if key not in RULE_KEYS}
     unknown = sorted(set(opts) - set(defaults))
     if unknown:
         keys = ", ".join(f"{key!r}{did_you_mean(key, [*defaults, *RULE_KEYS])}" for key in unknown)
         raise ParamGroupError(
-            f"parameter group {rule['name']!r} sets {keys}, which the optimizer does not take;"
+            f"parameter group {rule['name']!r} sets {keys}, which {label} does not take;"
             f" valid options: {sorted(defaults)}, and the rule keys {sorted(RULE_KEYS)}"
         )
     if "lr_scale" in rule:
@@ -293,33 +303,41 @@ def _examples(model: nn.Module, count: int = 5) -> list[str]:
 
 def describe(
     param_groups: Sequence[Mapping[str, Any]],
-    defaults: Mapping[str, Any],
+    defaults: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     names: Mapping[int, Sequence[str]] | None = None,
+    optimizers: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per optimizer group: name, tensors, parameters, lr, weight decay, momentum
     (where the optimizer has them) and every other optimizer option that differs from the
     defaults (not the keys a scheduler adds to a group, such as ``initial_lr``).
 
+    ``defaults`` is one optimizer's defaults, or one mapping per group when each group has
+    its own optimizer; ``optimizers`` adds an ``optimizer`` column (each group's class).
+    An option a group's optimizer does not have is shown as ``-``.
+
     A tensor is counted once however many names it has. With ``names`` (``parameter_names``
     of the model) and a shared parameter in some group, a column ``tied`` lists each group's
     shared parameters by all of their names (``embed.weight = head.weight``)."""
+    per_group = [defaults] * len(param_groups) if isinstance(defaults, Mapping) else defaults
     shown = ["lr", "weight_decay", "weight_decay_l1", "weight_decay_l2", "momentum", "betas"]
-    shown = [key for key in shown if key in defaults]
+    shown = [key for key in shown if any(key in own for own in per_group)]
+    hidden = {*shown, "name", "params", "param_names"}
     shown += sorted(
         {
             key
-            for group in param_groups
+            for group, own in zip(param_groups, per_group, strict=True)
             for key, value in group.items()
             # options only: not what a scheduler keeps in a group (initial_lr, max_lr, ...)
-            if key in defaults and key not in shown and value != defaults[key]
+            if key in own and key not in hidden and value != own[key]
         }
     )
     rows = [
         {
             "name": group_name(group, index),
+            **({"optimizer": optimizers[index]} if optimizers is not None else {}),
             "tensors": len(group["params"]),
             "parameters": sum(p.numel() for p in group["params"]),
-            **{key: group.get(key) for key in shown},
+            **{key: group.get(key, "-") for key in shown},
         }
         for index, group in enumerate(param_groups)
     ]
@@ -334,6 +352,23 @@ def describe(
         for row, cell in zip(rows, tied, strict=True):
             row["tied"] = cell
     return rows
+
+
+def describe_optimizer(
+    optimizer: Any, names: Mapping[int, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
+    """``describe`` of a built optimizer; with an optimizer per group (a
+    ``CombinedOptimizer``) each group is compared with its own optimizer's defaults and the
+    ``optimizer`` column names it."""
+    children = getattr(optimizer, "group_optimizers", None)
+    if children is None:
+        return describe(optimizer.param_groups, optimizer.defaults, names)
+    return describe(
+        optimizer.param_groups,
+        [child.defaults for child in children],
+        names,
+        [type(c).__name__ for c in children],
+    )
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
