@@ -1,6 +1,8 @@
-"""Callbacks that break a run on purpose, added by tests through `--trainer.callbacks+=...`."""
+"""Callbacks that break a run on purpose or record what it did, added by tests through
+`--trainer.callbacks+=...`."""
 
 import io
+import json
 import os
 import signal
 from pathlib import Path
@@ -110,3 +112,19 @@ class RecordTrainStart(Callback):
             "optimizer_state": sum(len(optimizer.state) for optimizer in trainer.optimizers),
             "scheduler_last_epoch": [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs],
         }
+
+
+class RecordGroupLRs(Callback):
+    """Write each optimizer step's lr of every group, read from the optimizer just before it
+    steps, to ``<out>/rank<r>.json`` when training ends: ``[{group name: lr}, ...]``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.steps: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        self.steps.append({group["name"]: group["lr"] for group in optimizer.param_groups})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
