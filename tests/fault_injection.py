@@ -128,3 +128,15 @@ class RecordGroupLRs(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+
+class RecordWeights(Callback):
+    """Keep in ``self.after_step`` a copy of the training weights after each optimizer step
+    (read back in-process from ``trainer.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.after_step: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a) -> None:
+        state = pl_module.state_dict()
+        self.after_step.append({k: v.detach().clone() for k, v in state.items()})

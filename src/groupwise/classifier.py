@@ -6,12 +6,14 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from groupwise.checkpoint.averaged import check_resume_averaging, weights_note
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
     check_group_layout,
@@ -171,7 +173,8 @@ class Classifier(LightningModule):
             checkpoint = load_checkpoint_file(self.init_weights)
             check_state_dict(checkpoint["state_dict"], self.state_dict(), self.init_weights)
             self.load_state_dict(checkpoint["state_dict"])
-            rank_zero_info(f"Initialised the model weights from {self.init_weights}")
+            note = weights_note(checkpoint)
+            rank_zero_info(f"Initialised the model weights from {self.init_weights}{note}")
 
     def configure_model(self) -> None:
         # Lightning's order (trainer._run): setup, configure_model, the restore of a
@@ -243,6 +246,11 @@ class Classifier(LightningModule):
         source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
         check_state_dict(checkpoint["state_dict"], self.state_dict(), source)
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        if resuming:
+            averaging = any(isinstance(c, WeightAveraging) for c in self.trainer.callbacks)
+            check_resume_averaging(checkpoint, averaging, source, self.trainer.ckpt_path)
+        elif self._trainer is not None and weights_note(checkpoint):
+            rank_zero_info(f"Loading {self.trainer.ckpt_path}{weights_note(checkpoint)}")
         saved = saved_layout(checkpoint)
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
             check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)

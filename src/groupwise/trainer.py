@@ -117,7 +117,7 @@ class GroupwiseTrainer(Trainer):
                     f"change: set it to {test.configured[name] * multiplier:.2g} there"
                 )
         path = Path(png) if png else Path(self.log_dir or self.default_root_dir) / "lr_find.png"
-        path, figure = plot_range_test(test, path, override=override)
+        path, figure = plot_range_test(test, path, multiplier, override)
         print(f"Plot: {path}")
         self._log_sweep(test, figure, multiplier)
 

@@ -1,6 +1,7 @@
 """Lightning callbacks that know about named parameter groups, each in its own module."""
 
 from groupwise.callbacks.confusion_matrix import ConfusionMatrix
+from groupwise.callbacks.ema import EMAWeightAveraging
 from groupwise.callbacks.finetune import FreezeGroups, set_group_lr
 from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from groupwise.callbacks.group_plan import GroupPlan
@@ -11,6 +12,7 @@ from groupwise.callbacks.weight_init import WeightInit
 
 __all__ = [
     "ConfusionMatrix",
+    "EMAWeightAveraging",
     "FiniteLossGuard",
     "FreezeGroups",
     "GroupPlan",

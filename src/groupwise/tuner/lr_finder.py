@@ -284,11 +284,16 @@ def _group_name(group: Mapping[str, Any], optimizer: int, number: int, trainer: 
 
 
 def plot_range_test(
-    test: RangeTest, path: str | Path, title: str = "", override: str = ""
+    test: RangeTest,
+    path: str | Path,
+    suggestion: float | None = None,
+    override: str = "",
+    title: str = "",
 ) -> tuple[Path, Figure]:
     """Save a PNG of the loss against the multiplier (log scale): each step's loss, the
-    smoothed curve, the configured lrs (multiplier 1), the divergence and the suggestion,
-    whose legend entry gives every group's lr there. Returns the path and the figure."""
+    smoothed curve, the configured lrs (multiplier 1), the divergence and the suggestion
+    (``test.suggestion`` unless given, e.g. rounded), whose legend entry gives every group's
+    lr there, under the ``override`` that sets them. Returns the path and the figure."""
     figure = Figure(figsize=(8, 4.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -300,8 +305,8 @@ def plot_range_test(
     if test.divergence is not None:
         m = test.multipliers[test.divergence]
         axes.axvline(m, color="C1", linestyle="--", linewidth=1, label=f"diverged at x{m:.3g}")
-    if test.suggestion is not None:
-        m = test.suggestion
+    m = test.suggestion if suggestion is None else suggestion
+    if m is not None:
         lrs = "\n".join(f"  {name}: lr {lr * m:.3g}" for name, lr in test.configured.items())
         y = float(np.interp(math.log(m), np.log(xs), curve))
         axes.plot([m], [y], "o", color="C3", markersize=9, label=f"suggestion x{m:.3g}\n{lrs}")
