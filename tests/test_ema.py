@@ -5,12 +5,16 @@ computed here from the training weights after every step.
 LeNet on 60 fabricated images in batches of 20: 3 optimizer steps per epoch.
 """
 
+import copy
 import json
 import logging
+import signal
 
 import pytest
 import torch
-from cli_run import LENET, load, quick
+from cli_run import LENET, groupwise, load, quick
+from fake_cifar import write_image_folder
+from test_resume import fault
 
 from groupwise.checkpoint.io import CheckpointError
 from groupwise.cli import run
@@ -109,3 +113,60 @@ def test_init_weights_loads_the_averaged_weights_and_says_so(data_dir, tmp_path,
     assert f"Initialised the model weights from {path} (its averaged weights)" in caplog.text
     (recorder,) = [c for c in new.trainer.callbacks if type(c).__name__ == "RecordTrainStart"]
     assert equal(net_weights(recorder.record["state_dict"]), expected)
+
+
+def test_the_averaged_copy_holds_the_weights_not_the_trainer_or_the_data(data_dir, tmp_path):
+    """AveragedModel deep-copies the LightningModule. LightningCLI's optimizer and scheduler
+    factories reference the CLI, so a plain deepcopy also copied the trainer and the
+    DataModule with its images (and failed under DDP): the copy shares the factories."""
+    cli = run(["--config", LENET, *quick(data_dir, tmp_path)], run=False)
+    cli.datamodule.setup("fit")
+    memo: dict = {}
+    twin = copy.deepcopy(cli.model, memo)
+    copied = {type(value).__name__ for value in memo.values()}
+    assert not copied & {"GroupwiseTrainer", "CIFAR10DataModule", "GroupwiseCLI"}
+    assert twin.optimizer is cli.model.optimizer and twin.scheduler is cli.model.scheduler
+    pairs = list(zip(twin.parameters(), cli.model.parameters(), strict=True))
+    assert all(a is not b and torch.equal(a, b) for a, b in pairs)
+
+
+DETERMINISTIC = ["--trainer.max_epochs", "3", "--trainer.deterministic", "true"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_averaged_weights_of_an_uninterrupted_run(data_dir, tmp_path):
+    """Killed in epoch 1, resumed from last.ckpt (end of epoch 0): the average, its step
+    count and the training weights at the end are those of a run that never stopped."""
+    whole = tmp_path / "whole"
+    done = groupwise("fit", "--config", LENET, *quick(data_dir, whole, *DETERMINISTIC, ema()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = quick(data_dir, tmp_path / "killed", *DETERMINISTIC, ema())
+    killed = groupwise("fit", "--config", LENET, *args, fault("KillAtStep", step=4))
+    assert killed.returncode == -signal.SIGKILL
+    resumed = groupwise("fit", "--config", LENET, *args, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = load(whole / "lightning_logs/version_0/checkpoints/last.ckpt")
+    b = load(tmp_path / "killed/lightning_logs/version_1/checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == 9
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert equal(a[key], b[key]), key
+    assert int(b["averaging_state"]["n_averaged"]) == 9
+    assert not equal(net_weights(b["state_dict"]), net_weights(b["current_model_state"]))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_identical_averages(tmp_path):
+    """Two gloo ranks: each keeps its own average of the (all-reduced, identical) weights."""
+    data = write_image_folder(tmp_path / "cifar", n_per_class=8)
+    record = {"class_path": "fault_injection.RecordRank", "init_args": {"out": str(tmp_path / "r")}}
+    args = quick(data, tmp_path, "--trainer.max_epochs", "2", "--data.batch_size", "10", ema())
+    args += ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    # RecordRank after the EMA callback: its on_train_end sees the average copied in
+    done = groupwise("fit", "--config", LENET, *args, f"--trainer.callbacks+={json.dumps(record)}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [load(tmp_path / "r" / f"rank{r}.pt")["state_dict"] for r in (0, 1)]
+    assert equal(ranks[0], ranks[1])
+    last = load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    assert equal(net_weights(last["state_dict"]), net_weights(ranks[0]))
+    assert int(last["averaging_state"]["n_averaged"]) == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
@@ -102,6 +103,19 @@ class Classifier(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Classifier:
+        """A copy of the net, metrics and hyper-parameters that shares the optimizer and
+        scheduler factories. Under LightningCLI those are partials that reference the CLI,
+        hence its trainer and the DataModule with the whole data set in memory: a plain
+        deepcopy (``AveragedModel`` for weight averaging, the lr finder's copy) copied all of
+        that, and under DDP failed on the process group's locks."""
+        for factory in (self.optimizer, self.scheduler):
+            memo[id(factory)] = factory
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
