@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from groupwise.callbacks.finite_loss import FiniteLossGuard
-from groupwise.optim.param_groups import NO_DECAY_SUFFIX, format_table
+from groupwise.optim.param_groups import format_table, name_and_parents
 from groupwise.tuner.lr_finder import LRRangeTest, RangeTest, plot_range_test
 
 # Left out of the sweep: they would save checkpoints, stop the run at the divergence the
@@ -141,6 +141,7 @@ class GroupwiseTrainer(Trainer):
 def absolute_lr_groups(
     configured: Mapping[str, float], rules: Sequence[Mapping[str, Any]] | None
 ) -> list[str]:
-    """The groups whose rule sets ``lr`` itself, so they ignore the optimizer's lr."""
+    """The groups whose rule sets ``lr`` itself, so they ignore the optimizer's lr (a
+    group's rule: the one named as the group or as a name it is part of)."""
     absolute = {rule["name"] for rule in rules or [] if "lr" in rule}
-    return [name for name in configured if name.removesuffix(NO_DECAY_SUFFIX) in absolute]
+    return [name for name in configured if absolute & set(name_and_parents(name))]

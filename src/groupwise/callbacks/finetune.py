@@ -66,7 +66,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from groupwise.optim.param_groups import NO_DECAY_SUFFIX
+from groupwise.optim.param_groups import NO_DECAY_SUFFIX, name_and_parents
 
 
 def group_name(group: Mapping[str, Any], index: int) -> str:
@@ -127,9 +127,10 @@ class FreezeGroups(Callback):
 
     Args:
         frozen: group name -> number of epochs it stays frozen (epochs ``0 .. n-1``); from
-            epoch ``n`` on it trains at its own lr. A name also freezes its
-            ``<name>.no_decay`` half; name ``features.no_decay`` alone to freeze only that
-            half. Every name must be a group of the optimizer.
+            epoch ``n`` on it trains at its own lr. A name also freezes the groups that are
+            part of it: its ``<name>.no_decay`` half and, for a ``layer_decay`` rule, every
+            ``<name>.<module>`` (name ``features.no_decay`` or ``backbone.layer1`` alone to
+            freeze only that part). Every name must be a group or have parts.
         train_bn: keep training the batch-norm layers of frozen groups (their running
             statistics update in the forward pass, as Lightning's ``train_bn=True``);
             ``False`` puts the batch-norm layers whose parameters are all frozen in eval
@@ -149,23 +150,24 @@ class FreezeGroups(Callback):
         self._epochs_frozen: dict[int, int] = {}
 
     def frozen_epochs(self, param_groups: Sequence[Mapping[str, Any]]) -> list[int]:
-        """For each group of an optimizer, the number of epochs it stays frozen (0: none).
-        An exact name wins over the name of its decay half."""
+        """For each group of an optimizer, the number of epochs it stays frozen (0: none):
+        that of its own name or, failing that, of the nearest name it is part of
+        (``backbone.layer4.no_decay`` -> ``backbone.layer4`` -> ``backbone``)."""
         names = [group_name(group, index) for index, group in enumerate(param_groups)]
-        epochs = []
-        for name in names:
-            if name in self.frozen:
-                epochs.append(self.frozen[name])
-            elif name.endswith(NO_DECAY_SUFFIX):
-                epochs.append(self.frozen.get(name[: -len(NO_DECAY_SUFFIX)], 0))
-            else:
-                epochs.append(0)
-        return epochs
+        return [
+            next((self.frozen[n] for n in name_and_parents(name) if n in self.frozen), 0)
+            for name in names
+        ]
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        names = [group_name(group, index) for index, group in enumerate(groups)]
         for name in self.frozen:
-            matching_groups(groups, name)  # a clear error for a name that is no group
+            if not any(name in name_and_parents(group) for group in names):
+                raise ValueError(  # a clear error for a name that is no group
+                    f"FreezeGroups: no optimizer parameter group named {name!r} or part of it; "
+                    f"the groups are {names}"
+                )
         self._epochs_frozen = {}
         for optimizer in trainer.optimizers:
             epochs = self.frozen_epochs(optimizer.param_groups)
