@@ -71,13 +71,15 @@ def test_every_group_is_swept_at_its_configured_lr_times_one_multiplier(data_dir
     assert {path: after[path] for path in data_before} == data_before
     out = capsys.readouterr().out
     assert "Learning-rate range test: 12 of 12 steps, multiplier 0.001 to 1e+04" in out
+    assert "warms up" not in out  # MultiStepLR starts at the configured lrs
 
 
-def test_a_warmup_config_is_swept_from_its_peak_lrs(data_dir, tmp_path):
+def test_a_warmup_config_is_swept_from_its_peak_lrs(data_dir, tmp_path, capsys):
     """configs/fast.yaml's WarmupLinearLR sets every lr to 0.001 x its peak when it is built;
     the configured lrs are the peaks (0.1 and the norm group's 4x), not the warm-up's start."""
     args = quick(data_dir, tmp_path, record(tmp_path / "lrs"), "--model.channels_last", "false")
     run(["lr_find", "--config", FAST, *args, "--num_steps", "6", "--max_multiplier", "1"])
+    assert "Note: the config's schedule warms up to these lrs" in capsys.readouterr().out
     (steps,) = [json.loads(p.read_text()) for p in (tmp_path / "lrs").glob("rank*.json")]
     m = sweep_multipliers(1e-3, 1, 6)
     assert [s["weights"] for s in steps] == [0.1 * x for x in m]

@@ -116,6 +116,11 @@ class GroupwiseTrainer(Trainer):
                     f"  group {name!r} sets its own lr in its rule, which the override does not "
                     f"change: set it to {test.configured[name] * multiplier:.2g} there"
                 )
+        if test.warm_up:
+            print(
+                "Note: the config's schedule warms up to these lrs; the sweep does not, and a "
+                "warm-up can let a recipe train well above the suggestion (see the README)."
+            )
         path = Path(png) if png else Path(self.log_dir or self.default_root_dir) / "lr_find.png"
         path, figure = plot_range_test(test, path, multiplier, override)
         print(f"Plot: {path}")

@@ -99,6 +99,8 @@ class RangeTest:
         num_steps, min_multiplier, max_multiplier: the sweep as planned.
         smoothing: the ``beta`` of ``smooth``.
         stop_reason: why the sweep ended before its last multiplier, or ``None``.
+        warm_up: whether the config's schedule starts below the configured lrs (a warm-up,
+            which the sweep does not have).
     """
 
     multipliers: list[float]
@@ -110,6 +112,7 @@ class RangeTest:
     max_multiplier: float
     smoothing: float = 0.7
     stop_reason: str | None = None
+    warm_up: bool = False
 
     def finite_steps(self) -> int:
         """Steps before the first non-finite loss."""
@@ -187,6 +190,7 @@ class LRRangeTest(Callback):
         self.lrs: dict[str, list[float]] = {}
         self.configured: dict[str, float] = {}
         self.stop_reason: str | None = None
+        self.warm_up = False  # the config's schedule starts below the configured lrs
         self._pending: torch.Tensor | None = None
         self._average = 0.0
         self._best = math.inf
@@ -199,6 +203,7 @@ class LRRangeTest(Callback):
         for index, optimizer in enumerate(trainer.optimizers):
             for number, group in enumerate(optimizer.param_groups):
                 configured = group.get("initial_lr", group["lr"])
+                self.warm_up = self.warm_up or group["lr"] < configured
                 group["lr"] = group["initial_lr"] = configured
                 self.configured[_group_name(group, index, number, trainer)] = configured
             scheduler = LambdaLR(optimizer, self.multiplier)
@@ -275,6 +280,7 @@ class LRRangeTest(Callback):
             max_multiplier=self.multipliers[-1],
             smoothing=self.smoothing,
             stop_reason=self.stop_reason,
+            warm_up=self.warm_up,
         )
 
 
