@@ -1,6 +1,8 @@
-"""Callbacks that break a run on purpose, added by tests through `--trainer.callbacks+=...`."""
+"""Callbacks that break a run on purpose or record what it did, added by tests through
+`--trainer.callbacks+=...`."""
 
 import io
+import json
 import os
 import signal
 import time
@@ -143,3 +145,31 @@ class NaNBatchOnRank(Callback):
             batch[0].fill_(float("nan"))
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "injected.txt").write_text(repr(time.time()))
+
+
+class RecordGroupLRs(Callback):
+    """Write each optimizer step's lr of every group, read from the optimizer just before it
+    steps, to ``<out>/rank<r>.json`` when training ends: ``[{group name: lr}, ...]``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.steps: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        self.steps.append({group["name"]: group["lr"] for group in optimizer.param_groups})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+
+class RecordWeights(Callback):
+    """Keep in ``self.after_step`` a copy of the training weights after each optimizer step
+    (read back in-process from ``trainer.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.after_step: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a) -> None:
+        state = pl_module.state_dict()
+        self.after_step.append({k: v.detach().clone() for k, v in state.items()})

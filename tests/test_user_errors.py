@@ -71,8 +71,8 @@ def test_an_unknown_group_in_freeze_groups_gets_the_nearest_name(tmp_path):
     assert done.returncode == 2
     assert done.stderr == SEED_LINE + (
         "error: no optimizer parameter group named 'featrues' (did you mean 'features'?); "
-        "the groups are ['features', 'classifier'] (a name also selects its "
-        "'<name>.no_decay' half)\n"
+        "the groups are ['features', 'classifier'] (a name also selects the groups that are "
+        "part of it: '<name>.no_decay', and '<name>.<module>' of a layer_decay rule)\n"
     )
     assert not (tmp_path / "lightning_logs").exists()
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from groupwise.checkpoint.averaged import check_resume_averaging, weights_note
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
     OPTIMIZERS_KEY,
@@ -137,6 +140,19 @@ class Classifier(LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Classifier:
+        """A copy of the net, metrics and hyper-parameters that shares the optimizer and
+        scheduler factories. Under LightningCLI those are partials that reference the CLI,
+        hence its trainer and the DataModule with the whole data set in memory: a plain
+        deepcopy (``AveragedModel`` for weight averaging, the lr finder's copy) copied all of
+        that, and under DDP failed on the process group's locks."""
+        for factory in (self.optimizer, self.scheduler):
+            memo[id(factory)] = factory
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -221,7 +237,8 @@ class Classifier(LightningModule):
             checkpoint = load_checkpoint_file(self.init_weights)
             check_state_dict(checkpoint["state_dict"], self.state_dict(), self.init_weights)
             self.load_state_dict(checkpoint["state_dict"])
-            rank_zero_info(f"Initialised the model weights from {self.init_weights}")
+            note = weights_note(checkpoint)
+            rank_zero_info(f"Initialised the model weights from {self.init_weights}{note}")
 
     def configure_model(self) -> None:
         # Lightning's order (trainer._run): setup, configure_model, the restore of a
@@ -383,6 +400,11 @@ class Classifier(LightningModule):
         source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
         check_state_dict(checkpoint["state_dict"], self.state_dict(), source)
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        if resuming:
+            averaging = any(isinstance(c, WeightAveraging) for c in self.trainer.callbacks)
+            check_resume_averaging(checkpoint, averaging, source, self.trainer.ckpt_path)
+        elif self._trainer is not None and weights_note(checkpoint):
+            rank_zero_info(f"Loading {self.trainer.ckpt_path}{weights_note(checkpoint)}")
         saved = saved_layout(checkpoint)
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
             groups, factories = self.build_param_groups()

@@ -1,7 +1,8 @@
 """The ``groupwise`` command: Lightning's CLI with this template's defaults.
 
 Lightning's ``LightningCLI`` does the parsing, YAML configs, dotted overrides and the
-``fit`` / ``validate`` / ``test`` / ``predict`` subcommands. What it lacks and is added here:
+``fit`` / ``validate`` / ``test`` / ``predict`` subcommands; ``lr_find`` (the learning-rate
+range test, ``GroupwiseTrainer.lr_find``) is added beside them. What it lacks and is added here:
 the CLI's automatic ``configure_optimizers`` is turned off (it would make one anonymous
 parameter group), and two callbacks are always present, each configurable from YAML under
 its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
@@ -63,9 +64,15 @@ from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule
 from groupwise.errors import ConfigError, exit_on_user_error
 from groupwise.preflight import check_before_fit
+from groupwise.trainer import GroupwiseTrainer
 
 
 class GroupwiseCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # lr_find is GroupwiseTrainer.lr_find; its arguments become the subcommand's options
+        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -206,6 +213,7 @@ def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
     return GroupwiseCLI(
         Classifier,
         CIFAR10DataModule,
+        trainer_class=GroupwiseTrainer,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -2,6 +2,7 @@
 
 from groupwise.callbacks.confusion_matrix import ConfusionMatrix
 from groupwise.callbacks.custom_scalars import CustomScalars
+from groupwise.callbacks.ema import EMAWeightAveraging
 from groupwise.callbacks.finetune import FreezeGroups, set_group_lr
 from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from groupwise.callbacks.group_plan import GroupPlan
@@ -15,6 +16,7 @@ from groupwise.callbacks.weight_init import WeightInit
 __all__ = [
     "ConfusionMatrix",
     "CustomScalars",
+    "EMAWeightAveraging",
     "FiniteLossGuard",
     "FreezeGroups",
     "GroupPlan",

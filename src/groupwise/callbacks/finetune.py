@@ -72,25 +72,26 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
 from groupwise.errors import ConfigError, did_you_mean
-from groupwise.optim.param_groups import NO_DECAY_SUFFIX, group_name
+from groupwise.optim.param_groups import NO_DECAY_SUFFIX, group_name, name_and_parents
 
 
 def matching_groups(
     param_groups: Sequence[Mapping[str, Any]], name: str
 ) -> list[Mapping[str, Any]]:
-    """The groups called ``name`` or ``<name>.no_decay``; a ``ConfigError`` naming the groups
-    that exist if there is none."""
+    """The groups called ``name`` or part of it (``<name>.no_decay``, the layer-decay parts
+    ``<name>.<module>``); a ``ConfigError`` naming the groups that exist if there is none."""
     found = [
         group
         for index, group in enumerate(param_groups)
-        if group_name(group, index) in (name, name + NO_DECAY_SUFFIX)
+        if name in name_and_parents(group_name(group, index))
     ]
     if not found:
         names = [group_name(group, index) for index, group in enumerate(param_groups)]
         raise ConfigError(
             f"no optimizer parameter group named {name!r}{did_you_mean(name, names)}; the"
             f" groups are {names} "
-            f"(a name also selects its '<name>{NO_DECAY_SUFFIX}' half)"
+            f"(a name also selects the groups that are part of it: '<name>{NO_DECAY_SUFFIX}',"
+            " and '<name>.<module>' of a layer_decay rule)"
         )
     return found
 
@@ -129,9 +130,10 @@ class FreezeGroups(Callback):
 
     Args:
         frozen: group name -> number of epochs it stays frozen (epochs ``0 .. n-1``); from
-            epoch ``n`` on it trains at its own lr. A name also freezes its
-            ``<name>.no_decay`` half; name ``features.no_decay`` alone to freeze only that
-            half. Every name must be a group of the optimizer.
+            epoch ``n`` on it trains at its own lr. A name also freezes the groups that are
+            part of it: its ``<name>.no_decay`` half and, for a ``layer_decay`` rule, every
+            ``<name>.<module>`` (name ``features.no_decay`` or ``backbone.layer1`` alone to
+            freeze only that part). Every name must be a group or have parts.
         train_bn: keep training the batch-norm layers of frozen groups (their running
             statistics update in the forward pass, as Lightning's ``train_bn=True``);
             ``False`` puts the batch-norm layers whose parameters are all frozen in eval
@@ -153,18 +155,14 @@ class FreezeGroups(Callback):
         self._in_eval: list[nn.Module] = []
 
     def frozen_epochs(self, param_groups: Sequence[Mapping[str, Any]]) -> list[int]:
-        """For each group of an optimizer, the number of epochs it stays frozen (0: none).
-        An exact name wins over the name of its decay half."""
+        """For each group of an optimizer, the number of epochs it stays frozen (0: none):
+        that of its own name or, failing that, of the nearest name it is part of
+        (``backbone.layer4.no_decay`` -> ``backbone.layer4`` -> ``backbone``)."""
         names = [group_name(group, index) for index, group in enumerate(param_groups)]
-        epochs = []
-        for name in names:
-            if name in self.frozen:
-                epochs.append(self.frozen[name])
-            elif name.endswith(NO_DECAY_SUFFIX):
-                epochs.append(self.frozen.get(name[: -len(NO_DECAY_SUFFIX)], 0))
-            else:
-                epochs.append(0)
-        return epochs
+        return [
+            next((self.frozen[n] for n in name_and_parents(name) if n in self.frozen), 0)
+            for name in names
+        ]
 
     def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
         """A ``ConfigError`` for a name in ``frozen`` that is no group of ``param_groups``

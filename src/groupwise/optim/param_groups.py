@@ -25,13 +25,18 @@ Semantics:
 - with ``no_decay_split`` each group's biases and norm parameters (``ndim <= 1``, as timm and
   nanoGPT do) go to ``<name>.no_decay`` with ``weight_decay=0``;
 - no empty group is returned, and every trainable parameter is in exactly one group
-  (``check_partition``, by identity, naming a parameter by all of its names).
+  (``check_partition``, by identity, naming a parameter by all of its names);
+- a rule with ``layer_decay: 0.7`` and ``modules`` listed from the input side up becomes
+  one group per module, ``<name>.<module>``, at the rule's lr x ``0.7 ** depth`` from the
+  top (``expand_layer_decay``); ``blocks.*`` stands for every block of ``blocks`` in order.
+  Group names are dotted paths: ``backbone.layer4.no_decay`` is part of ``backbone``.
 
 Errors (``ParamGroupError``, a ``ValueError``) name the bad value, the nearest valid name
 when it looks like a typo, and what would be valid:
 a rule that matches no parameter, an unknown module name, a duplicate or reserved group
 name, an option the optimizer does not take, ``lr`` together with ``lr_scale``, ``lr_scale``
-with an optimizer that has no default ``lr``.
+with an optimizer that has no default ``lr``, a ``layer_decay`` outside (0, 1] or without
+``modules``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = ".no_decay"
 # Keys of a rule that select parameters or name the group; every other key is an option.
 RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale", "optimizer"})
+LAYER_DECAY_KEY = "layer_decay"  # expanded into one rule per module by expand_layer_decay
+LAYER_DECAY_OWN_KEYS = ("name", "modules", "lr", LAYER_DECAY_KEY)
 NO_DECAY_OPTIONS = {"weight_decay": 0.0}
 
 
@@ -81,6 +88,8 @@ def build_param_groups(
     rules = list(rules or [])
     _check_names(rules)
     own = dict(rule_defaults or {})
+    rules = expand_layer_decay(model, rules, defaults, own)
+    _check_names(rules)
     for label, opts in [("this one", defaults), *own.values()]:
         if no_decay_split and "weight_decay" not in opts:
             raise ParamGroupError(
@@ -88,7 +97,7 @@ def build_param_groups(
                 f"{sorted(opts)}"
             )
     options = [
-        _group_options(rule, *own.get(rule["name"], ("the optimizer", defaults))) for rule in rules
+        _group_options(rule, *_rule_optimizer(rule["name"], own, defaults)) for rule in rules
     ]
     prefixes = [_module_prefixes(model, rule) for rule in rules]
 
@@ -139,6 +148,101 @@ def named_parameters_with_aliases(model: nn.Module) -> list[tuple[list[str], nn.
 def parameter_names(model: nn.Module) -> dict[int, list[str]]:
     """``id(parameter)`` -> all of its names in ``model`` (for ``describe``)."""
     return {id(param): names for names, param in named_parameters_with_aliases(model)}
+
+
+def _rule_optimizer(
+    name: str, own: Mapping[str, tuple[str, Mapping[str, Any]]], defaults: Mapping[str, Any]
+) -> tuple[str, Mapping[str, Any]]:
+    """The name and defaults of the optimizer of the rule ``name``: its own (by its name or
+    the rule it is part of) or the model's."""
+    return next((own[n] for n in name_and_parents(name) if n in own), ("the optimizer", defaults))
+
+
+def expand_layer_decay(
+    model: nn.Module,
+    rules: Sequence[Mapping[str, Any]],
+    defaults: Mapping[str, Any],
+    own: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Replace each rule with ``layer_decay`` by one rule per module it lists.
+
+    ``{name: backbone, modules: [layer1, ..., layer4], layer_decay: 0.7}`` lists modules
+    from the input side up; the module at depth ``d`` from the top (``layer4``: 1,
+    ``layer3``: 2, ...) becomes the rule ``backbone.<module>`` with the absolute ``lr`` =
+    the rule's lr x ``layer_decay ** d`` (the rule's lr: its ``lr``, its ``lr_scale`` x the
+    optimizer's lr, or the optimizer's lr). An entry ``blocks.*`` stands for the children
+    of ``blocks`` that have parameters, in order (the blocks of a ``ModuleList``). Every
+    other key of the rule (``params``, ``weight_decay``, ...) goes to each of its parts.
+
+    What timm's ``param_groups_layer_decay`` does instead, and why not: it puts the factor
+    in an ``lr_scale`` key that only timm's schedulers read (torch's schedulers and
+    optimizers ignore it), and names the groups ``layer_0``, ``layer_1``, ....
+    """
+    expanded: list[dict[str, Any]] = []
+    for rule in rules:
+        if LAYER_DECAY_KEY not in rule:
+            expanded.append(dict(rule))
+            continue
+        name, decay = rule["name"], rule[LAYER_DECAY_KEY]
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
+            raise ParamGroupError(
+                f"parameter group {name!r}: layer_decay must be a number in (0, 1] (the lr "
+                f"factor per layer from the top), got {decay!r}"
+            )
+        modules = _expand_modules(model, rule)
+        label, rule_defaults = _rule_optimizer(name, own or {}, defaults)
+        base = _group_options({"name": name, **_lr_keys(rule)}, label, rule_defaults).get("lr")
+        if base is None:
+            base = rule_defaults.get("lr")
+        if base is None:
+            raise ParamGroupError(
+                f"parameter group {name!r} sets layer_decay, but neither the group nor the "
+                "optimizer has an lr to decay: give the group an 'lr'"
+            )
+        rest = {k: v for k, v in rule.items() if k not in (*LAYER_DECAY_OWN_KEYS, "lr_scale")}
+        for index, module in enumerate(modules):
+            depth = len(modules) - index
+            lr = base * decay**depth
+            expanded.append({**rest, "name": f"{name}.{module}", "modules": [module], "lr": lr})
+    return expanded
+
+
+def _lr_keys(rule: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: rule[key] for key in ("lr", "lr_scale") if key in rule}
+
+
+def _expand_modules(model: nn.Module, rule: Mapping[str, Any]) -> list[str]:
+    """The modules a layer-decay rule lists, with each ``parent.*`` replaced by the children
+    of ``parent`` that have parameters."""
+    entries = rule.get("modules") or []
+    if not entries:
+        raise ParamGroupError(
+            f"parameter group {rule['name']!r} sets layer_decay: it needs 'modules', listed "
+            "from the input side up (e.g. [layer1, layer2, layer3, layer4] or ['blocks.*'])"
+        )
+    names = dict(model.named_modules())
+    modules = []
+    for entry in entries:
+        if not (isinstance(entry, str) and entry.endswith(".*")):
+            modules.append(entry)  # checked with the rule's other modules
+            continue
+        parent = entry[:-2]
+        if parent not in names:
+            raise ParamGroupError(
+                f"parameter group {rule['name']!r}: unknown module {parent!r} in {entry!r}; "
+                f"modules that exist: {_module_listing(names)}"
+            )
+        children = [
+            f"{parent}.{child}"
+            for child, module in names[parent].named_children()
+            if any(True for _ in module.parameters())
+        ]
+        if not children:
+            raise ParamGroupError(
+                f"parameter group {rule['name']!r}: {entry!r} has no child module with parameters"
+            )
+        modules += children
+    return modules
 
 
 def _check_names(rules: Sequence[Mapping[str, Any]]) -> None:
@@ -240,6 +344,14 @@ def _matches(pname: str, prefixes: Sequence[str], rule: Mapping[str, Any]) -> bo
 def group_name(group: Mapping[str, Any], index: int) -> str:
     """An optimizer group's ``name``, or ``pg<index>`` for an unnamed one."""
     return group.get("name", f"pg{index}")
+
+
+def name_and_parents(group_name: str) -> list[str]:
+    """A group's name and the names it is part of, most specific first:
+    ``backbone.layer4.no_decay`` is part of ``backbone.layer4`` (a layer-decay part), which
+    is part of ``backbone`` (the rule)."""
+    parts = group_name.split(".")
+    return [".".join(parts[:end]) for end in range(len(parts), 0, -1)]
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:

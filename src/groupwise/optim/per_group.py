@@ -32,7 +32,12 @@ from torch.optim import Optimizer
 
 from groupwise.optim.combined import CombinedOptimizer, OptimizerFactory
 from groupwise.optim.muon import MuonShapeError
-from groupwise.optim.param_groups import NO_DECAY_SUFFIX, ParamGroupError, build_param_groups
+from groupwise.optim.param_groups import (
+    NO_DECAY_SUFFIX,
+    ParamGroupError,
+    build_param_groups,
+    name_and_parents,
+)
 
 
 def template(factory: OptimizerFactory) -> Optimizer:
@@ -134,12 +139,11 @@ def build_groups(
     groups = build_param_groups(
         model, rules, template(default).defaults, no_decay_split, rule_defaults=rule_defaults
     )
-    factories = [own.get(_rule_name(group["name"])) for group in groups]
+    factories = [
+        next((own[n] for n in name_and_parents(group["name"]) if n in own), None)
+        for group in groups
+    ]
     return groups, factories
-
-
-def _rule_name(group_name: str) -> str:
-    return group_name.removesuffix(NO_DECAY_SUFFIX)
 
 
 def build_optimizer(

@@ -1,0 +1,79 @@
+"""An exponential moving average of the weights, for validation, test and the checkpoints.
+
+Lightning's ``EMAWeightAveraging`` (lightning/pytorch/callbacks/weight_averaging.py) does the
+work: after every optimizer step it updates a ``torch.optim.swa_utils.AveragedModel``
+(``average = decay * average + (1 - decay) * weights``, parameters and buffers), swaps the
+average in for each validation, saves it as the checkpoint's ``state_dict`` (the training
+weights go to ``current_model_state``, the average's step count to ``averaging_state``),
+restores both on ``--ckpt_path`` resume, and copies the average into the model when
+training ends, so ``test`` after ``fit`` and every checkpoint hold the averaged weights.
+
+What it lacks, added here:
+
+- Until its first update the average is the copy it made in ``setup``: the weights before
+  any ``WeightInit`` callback listed after it and before ``--model.init_weights`` (both run
+  in ``setup`` too), and with ``update_starting_at_step`` / ``update_starting_at_epoch``
+  the initial weights long after training has moved on. Validation, ``val/acc``-selected
+  checkpoints and the end of training then use those stale weights. Here the average
+  follows the training weights until its first update.
+- Its ``setup`` warns that a model overriding ``configure_model`` may run out of memory
+  (sharded layers are not supported). ``Classifier.configure_model`` creates no layers (it
+  converts the memory format and compiles), so that warning is dropped here.
+
+YAML::
+
+    trainer:
+      callbacks:
+        - class_path: groupwise.callbacks.EMAWeightAveraging
+          init_args: {decay: 0.999}   # per optimizer step: about the last 1,000 steps
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMAWeightAveraging
+
+
+class EMAWeightAveraging(LightningEMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging``, whose average follows the training weights until
+    its first update. Arguments as Lightning's: ``decay`` (per update), ``update_every_n_steps``,
+    ``update_starting_at_step``, ``update_starting_at_epoch``, ``use_buffers`` (average the
+    batch-norm statistics too), ``device``."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*overrides the configure_model callback")
+            super().setup(trainer, pl_module, stage)
+
+    def _follow_until_started(self, pl_module: LightningModule) -> None:
+        """Before the first update, make the average a copy of the training weights."""
+        average = self._average_model
+        if average is None or average.n_averaged > 0:
+            return
+        module = average.module
+        with torch.no_grad():
+            for mine, theirs in zip(
+                itertools.chain(module.parameters(), module.buffers()),
+                itertools.chain(pl_module.parameters(), pl_module.buffers()),
+                strict=True,
+            ):
+                mine.copy_(theirs)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._follow_until_started(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._follow_until_started(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._follow_until_started(pl_module)
+        super().on_train_end(trainer, pl_module)
