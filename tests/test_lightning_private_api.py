@@ -2,14 +2,22 @@
 
 Where a public hook does the job the code uses it (``before_<subcommand>`` for
 ``--ckpt_path last``, the parsed config's ``trainer.callbacks`` for the user's progress
-bar). Three private names remain, because no public hook does what they do; each test
+bar). These private names remain, because no public hook does what they do; each test
 below fails, saying which name, if a Lightning release renames it or stops calling it
-(the project would then silently fall back to Lightning's own behaviour):
+(the project would then silently fall back to Lightning's own behaviour, or fail):
 
 - ``LightningCLI._parse_ckpt_path``: overridden so that ``--ckpt_path FILE`` does not
   replace the config's model by the checkpoint's saved hyperparameters;
 - ``LearningRateMonitor._extract_weight_decay``: overridden so that optimizers without
   weight decay (LBFGS, Rprop) log none instead of raising ``KeyError``;
+- ``LearningRateMonitor._extract_momentum``: overridden so that each group's own keys
+  decide between ``betas`` and ``momentum`` (a group of another optimizer);
+- ``LearningRateMonitor._check_duplicates_and_update_name``: overridden so that the tag
+  prefix of a ``CombinedOptimizer`` is the model optimizer's class (``lr-SGD/<group>``);
+- ``TQDMProgressBar._should_update``: called by ``ProgressBar`` (whether a batch is one to
+  count, as Lightning's bar decides it);
+- ``WeightAveraging._average_model``: read by ``EMAWeightAveraging`` to make the average
+  follow the training weights until its first update;
 - ``LightningModule._trainer``: read by ``Classifier``'s checkpoint hooks, which also run
   without a trainer (``Classifier.load_from_checkpoint``), where the public ``trainer``
   property raises.
@@ -21,7 +29,9 @@ from cli_run import LENET
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from groupwise.callbacks.ema import EMAWeightAveraging
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.classifier import Classifier
 from groupwise.cli import GroupwiseCLI, run
 from groupwise.nets import LeNet5
@@ -76,3 +86,60 @@ def test_lightning_module_still_keeps_its_trainer_in_underscore_trainer():
     model.on_save_checkpoint(checkpoint)  # without a trainer: no group layout, no error
     model.on_load_checkpoint(checkpoint)
     assert set(checkpoint) == {"state_dict"}
+
+
+class AdamModel(BoringModel):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_learning_rate_monitor_still_goes_through_the_momentum_and_name_overrides(tmp_path):
+    monitor = LearningRateMonitor(logging_interval="step", log_momentum=True)
+    calls = []
+    for name in ("_extract_momentum", "_check_duplicates_and_update_name"):
+        original = getattr(monitor, name)
+        setattr(
+            monitor,
+            name,
+            lambda *a, _name=name, _original=original, **k: (
+                calls.append(_name) or _original(*a, **k)
+            ),
+        )
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=2,
+        limit_val_batches=0,
+        callbacks=[monitor],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(AdamModel())
+    # If this fails, LearningRateMonitor no longer calls these: the overrides do nothing
+    assert {"_extract_momentum", "_check_duplicates_and_update_name"} <= set(calls)
+    assert trainer.callback_metrics["lr-Adam-momentum"] == pytest.approx(0.9)
+
+
+def test_tqdm_progress_bar_still_has_should_update():
+    bar = ProgressBar()
+    # If this fails, TQDMProgressBar._should_update is gone or changed its signature
+    assert bar._should_update(10, 10) is True  # the last batch is always counted
+
+
+def test_weight_averaging_still_keeps_its_average_in_average_model(tmp_path):
+    ema = EMAWeightAveraging(decay=0.9)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=1,
+        limit_val_batches=0,
+        callbacks=[ema],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+    )
+    trainer.fit(BoringModel())
+    # If this fails, WeightAveraging no longer keeps its AveragedModel in _average_model:
+    # the average would not follow the training weights until its first update
+    assert isinstance(ema._average_model, torch.optim.swa_utils.AveragedModel)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from groupwise.errors import UserError, did_you_mean
@@ -36,7 +35,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with same-directory atomic saves and checked, safe loads."""
 
     def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+        self,
+        checkpoint: dict[str, Any],
+        path: str | os.PathLike,
+        storage_options: Any | None = None,
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
@@ -56,7 +58,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(
         self,
-        path: _PATH,
+        path: str | os.PathLike,
         map_location: Any | None = lambda storage, loc: storage,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
@@ -65,7 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint_file(
-    path: _PATH, map_location: Any | None = "cpu", weights_only: bool = True
+    path: str | os.PathLike, map_location: Any | None = "cpu", weights_only: bool = True
 ) -> dict[str, Any]:
     """Load a Lightning checkpoint, with errors that name the file and what was expected."""
     path = Path(path)
