@@ -45,3 +45,33 @@ def test_every_subpackage_has_an_init(folder):
 def test_yaml_class_paths_import(path):
     module, _, name = path.rpartition(".")
     assert hasattr(importlib.import_module(module), name)
+
+
+def project_imports(path) -> set[str]:
+    """The ``groupwise...`` modules a source file imports."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("groupwise"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("groupwise")}
+    return found
+
+
+TOP = ("groupwise.cli", "groupwise.classifier", "groupwise.trainer")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in SRC.glob("*/*.py")),
+    ids=lambda p: str(p.relative_to(SRC)),
+)
+def test_subpackages_import_nothing_above_them(path):
+    """Dependencies run one way: ``cli`` -> ``trainer``, ``classifier`` -> the subpackages."""
+    assert [m for m in project_imports(path) if m.startswith(TOP)] == []
+
+
+def test_errors_imports_nothing_of_the_project():
+    assert project_imports(SRC / "errors.py") == set()
