@@ -62,12 +62,24 @@ class PoisonAtStep(Callback):
 
 
 class RecordRank(Callback):
-    """Write, per rank, the training indices fetched each epoch, the final weights and the
-    final metrics to ``<out>/rank<r>.pt``."""
+    """Write, per rank, the training indices fetched each epoch, the final weights, the
+    final metrics, the node rank, the cluster environment's class and every checkpoint
+    file this rank's checkpoint plugin wrote to ``<out>/rank<r>.pt``."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.seen: dict[int, list[int]] = {}
+        self.saves: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def recording(checkpoint, path, *args, **kwargs):
+            self.saves.append(str(path))
+            return save(checkpoint, path, *args, **kwargs)
+
+        io.save_checkpoint = recording
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dataset = trainer.train_dataloader.dataset
@@ -83,7 +95,14 @@ class RecordRank(Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        record = {"seen": self.seen, "state_dict": state, "metrics": metrics}
+        record = {
+            "seen": self.seen,
+            "state_dict": state,
+            "metrics": metrics,
+            "node_rank": trainer.node_rank,
+            "environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
+            "saves": self.saves,
+        }
         torch.save(record, self.out / f"rank{trainer.global_rank}.pt")
 
 
