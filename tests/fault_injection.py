@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -129,3 +130,28 @@ class RecordTrainStart(Callback):
             "optimizer_state": sum(len(optimizer.state) for optimizer in trainer.optimizers),
             "scheduler_last_epoch": [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs],
         }
+
+
+class PauseCacheWrite(Callback):
+    """Make this process pause half-way through writing the decode cache, until the file
+    ``until`` exists (10 minutes at most). Patched when the callback is built (the CLI
+    builds callbacks before ``prepare_data`` decodes), so another process can run while
+    this one's cache file is half-written."""
+
+    def __init__(self, until: str) -> None:
+        save = torch.save
+
+        def paused(obj, f, *args, **kwargs):
+            if not (isinstance(obj, dict) and "fingerprint" in obj):  # not the cache payload
+                return save(obj, f, *args, **kwargs)
+            buffer = io.BytesIO()
+            save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            deadline = time.monotonic() + 600
+            while not Path(until).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            f.write(data[len(data) // 2 :])
+
+        torch.save = paused
