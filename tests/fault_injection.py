@@ -1,5 +1,6 @@
 """Callbacks that break a run on purpose, added by tests through `--trainer.callbacks+=...`."""
 
+import builtins
 import io
 import os
 import signal
@@ -155,3 +156,55 @@ class PauseCacheWrite(Callback):
             f.write(data[len(data) // 2 :])
 
         torch.save = paused
+
+
+class _FillsUp:
+    """A file whose ``write`` fails with ``OSError(errno)`` once ``room`` bytes are written."""
+
+    def __init__(self, file, room: int, errno: int) -> None:
+        self.file, self.room, self.errno = file, room, errno
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(self.errno, os.strerror(self.errno))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+class FailSave(Callback):
+    """Make every save of ``last.ckpt`` from epoch ``epoch`` on fail with ``OSError(errno)``,
+    where the bytes are written: when its temporary file is opened (``at="open"``, e.g.
+    EACCES) or after 1000 bytes have been written to it (``at="write"``, e.g. ENOSPC)."""
+
+    def __init__(self, epoch: int, errno: int, at: str = "write") -> None:
+        self.epoch, self.errno, self.at = epoch, errno, at
+        self.open = builtins.open
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+
+        def failing_open(file, mode="r", *args, **kwargs):
+            if not Path(str(file)).name.startswith(".last.ckpt.tmp"):
+                return self.open(file, mode, *args, **kwargs)
+            if self.at == "open":
+                raise OSError(self.errno, os.strerror(self.errno), str(file))
+            return _FillsUp(self.open(file, mode, *args, **kwargs), 1000, self.errno)
+
+        builtins.open = failing_open
+
+    def teardown(self, *args, **kwargs) -> None:
+        builtins.open = self.open
+
+    on_exception = teardown  # Lightning calls no teardown hooks after an exception

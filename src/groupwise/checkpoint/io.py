@@ -6,7 +6,10 @@ What Lightning's ``TorchCheckpointIO`` lacks:
   is on another filesystem (a tmpfs ``/tmp``, a network or cluster scratch mount) the move
   is a copy, so a kill during it leaves a truncated checkpoint where the good one was; and
   nothing is fsynced. Here the temporary file sits beside the target, is fsynced, and
-  replaces it with one ``os.replace`` (atomic on POSIX and Windows).
+  replaces it with one ``os.replace`` (atomic on POSIX and Windows). A save that fails (no
+  space left, permission denied, quota) raises ``CheckpointSaveError`` naming the target
+  file and the system's error, and leaves the previous file as it was: torch's zip writer
+  itself turns an ``OSError`` from ``write`` into ``RuntimeError: unexpected pos 64 vs 0``.
 - Loading: a truncated or foreign file surfaces as a low-level unpickling or zip error;
   here the error names the file and what it expected. ``weights_only=True`` is the
   default, so a checkpoint cannot run code when loaded.
@@ -14,6 +17,7 @@ What Lightning's ``TorchCheckpointIO`` lacks:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint that could not be written; ``errno`` is the system's error number."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with same-directory atomic saves and checked, safe loads."""
 
@@ -36,16 +44,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        writer = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
+                writer = _KeepWriteError(file)
+                torch.save(checkpoint, writer)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
+        except (OSError, RuntimeError) as error:
+            cause = writer.error if writer is not None and writer.error else error
+            if not isinstance(cause, OSError):
+                raise
+            kept = (
+                f"the previous {path.name} is unchanged (resume from it with --ckpt_path)"
+                if path.exists()
+                else f"no {path.name} was written"
+            )
+            raise CheckpointSaveError(
+                cause.errno,
+                f"cannot save checkpoint {path}: {cause.strerror or cause} (while writing"
+                f" {temporary.name}); {kept}. Free disk space or fix the permissions there.",
+            ) from cause
         finally:
-            temporary.unlink(missing_ok=True)
+            # e.g. no permission: the error above is the one to report
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
         _fsync_directory(path.parent)
 
     def load_checkpoint(
@@ -84,6 +110,25 @@ def load_checkpoint_file(
             f"'optimizer_states', ...; found {found}"
         )
     return checkpoint
+
+
+class _KeepWriteError:
+    """A file for ``torch.save`` that keeps the ``OSError`` its ``write`` raised (torch's
+    zip writer reports it as a ``RuntimeError`` without the system's error)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _fsync_directory(directory: Path) -> None:
