@@ -24,9 +24,9 @@ default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
 gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set) and ``GroupPlan`` (the
 group table in the run directory and TensorBoard); and ``--ckpt_path last`` means the
-newest ``last.ckpt`` of any earlier run under the logger's directory (Lightning's own
-``"last"`` looks only in the new run's version directory, so a resume in a new process
-would silently start afresh).
+newest ``last.ckpt`` of an earlier run of this config in the directory where this run's
+checkpoints go (see ``groupwise.checkpoint.last``; Lightning's own ``"last"`` looks only in
+the new run's version directory, so a resume in a new process would silently start afresh).
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.progress_bar import ProgressBar
-from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
+from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+from groupwise.checkpoint.last import RunConfig, pick_last
 from groupwise.classifier import Classifier
-from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 
 
 class GroupwiseCLI(LightningCLI):
@@ -122,7 +123,10 @@ class GroupwiseCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         config = self.config_init[subcommand]
         if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = newest_last_checkpoint(self.trainer) or "last"
+            current = RunConfig(self.model.hparams, self.datamodule.hparams, global_seed())
+            config["ckpt_path"] = newest_last_checkpoint(
+                self.trainer, config["last_checkpoint"], current, type(self.datamodule), subcommand
+            )
         super()._run_subcommand(subcommand)
 
 
@@ -137,14 +141,30 @@ def config_paths(argv: list[str]) -> list[str]:
     return paths
 
 
-def newest_last_checkpoint(trainer: Trainer) -> str | None:
-    """The most recently written ``last.ckpt`` under the logger's directory, if any."""
-    root = Path(trainer.logger.root_dir if trainer.logger else trainer.default_root_dir)
-    found = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        return None
-    rank_zero_info(f"Resuming from {found[-1]} (the newest last.ckpt under {root})")
-    return str(found[-1])
+def newest_last_checkpoint(
+    trainer: Trainer, last: ModelCheckpoint, current: RunConfig, datamodule: type, subcommand: str
+) -> str | None:
+    """The most recently written ``last.ckpt`` of an earlier run of config ``current``,
+    where ``last`` (the ``last_checkpoint`` callback) saves: its ``dirpath`` when set, else,
+    as ``ModelCheckpoint`` resolves it, ``<save_dir>/<name>/*/checkpoints/`` of the first
+    logger (``default_root_dir`` when the logger has no ``save_dir``: Wandb, MLflow, Comet
+    have no ``root_dir``) or ``<default_root_dir>/checkpoints/`` without a logger. Prints
+    which it takes and which it passed over. When there is none: ``fit`` starts a new run
+    (None), the other subcommands raise ``CheckpointError`` (nothing to evaluate)."""
+    name = f"{last.filename or 'last'}{last.FILE_EXTENSION}"
+    if last.dirpath is not None:
+        where, pattern = Path(last.dirpath), name
+    elif trainer.loggers:
+        logger = trainer.loggers[0]
+        where = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+        pattern = f"*/checkpoints/{name}"
+    else:
+        where, pattern = Path(trainer.default_root_dir), f"checkpoints/{name}"
+    pick = pick_last(where.glob(pattern), current, datamodule.__qualname__)
+    if pick.path is None and subcommand != "fit":
+        raise CheckpointError(pick.report(where, fit=False))
+    rank_zero_info(pick.report(where))
+    return None if pick.path is None else str(pick.path)
 
 
 def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:

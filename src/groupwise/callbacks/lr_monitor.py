@@ -1,7 +1,9 @@
-"""Lightning's ``LearningRateMonitor``, safe for optimizers that have no weight decay."""
+"""Lightning's ``LearningRateMonitor``, safe for optimizers that have no weight decay and
+for runs without a logger."""
 
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor as _LightningLearningRateMonitor
 
 
@@ -10,8 +12,22 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
 
     What Lightning's lacks: with ``log_weight_decay=True`` it raises ``KeyError`` for an
     optimizer whose groups have no ``weight_decay`` (``torch.optim.LBFGS``, ``Rprop``);
-    here such groups just log no weight decay.
+    here such groups just log no weight decay. And it refuses a trainer without a logger
+    (``--trainer.logger false``), which makes every such run fail here, where it is one of
+    the default callbacks: here it then does nothing.
     """
+
+    def on_train_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
     def _extract_weight_decay(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
         if "weight_decay" not in param_group:

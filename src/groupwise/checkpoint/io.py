@@ -85,14 +85,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint_file(
-    path: _PATH, map_location: Any | None = "cpu", weights_only: bool = True
+    path: _PATH, map_location: Any | None = "cpu", weights_only: bool = True, mmap: bool = False
 ) -> dict[str, Any]:
-    """Load a Lightning checkpoint, with errors that name the file and what was expected."""
+    """Load a Lightning checkpoint, with errors that name the file and what was expected.
+    ``mmap``: map the tensors' bytes instead of reading them (cheap when only the
+    checkpoint's other entries are looked at)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+        checkpoint = torch.load(
+            path, map_location=map_location, weights_only=weights_only, mmap=mmap
+        )
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         lines = str(error).splitlines() or [""]
         # weights_only refusals name the refused global on a later line: keep that one.

@@ -204,6 +204,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Number of classes (10 for CIFAR-10)."""
         return len(self.classes)
 
+    # ---- what a checkpoint keeps ---------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the seed the training order and augmentation are
+        keyed by (``seed_everything``), which tells runs of one config apart (read by
+        ``--ckpt_path last``)."""
+        return {"seed": global_seed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the seed is the new run's ``seed_everything``."""
+
     # ---- Lightning's data hooks --------------------------------------------------------
 
     def prepare_data(self) -> None:
