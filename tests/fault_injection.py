@@ -208,3 +208,41 @@ class FailSave(Callback):
         builtins.open = self.open
 
     on_exception = teardown  # Lightning calls no teardown hooks after an exception
+
+
+class SignalAt(Callback):
+    """Send this process ``signal`` (a name) as the training batch of global step ``step``
+    starts (``during="train"``), or as the first validation batch of epoch ``epoch`` starts
+    (``during="validation"``), once; writes the ``time.time()`` of sending to ``stamp``.
+    ``rank``: only on that global rank."""
+
+    def __init__(
+        self,
+        signal: str,
+        stamp: str,
+        step: int = 0,
+        epoch: int = 0,
+        during: str = "train",
+        rank: int | None = None,
+    ) -> None:
+        self.signum, self.stamp = globals()["signal"].Signals[signal], Path(stamp)
+        self.step, self.epoch, self.during, self.rank = step, epoch, during, rank
+        self.sent = False
+
+    def setup(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        self.sent = self.rank is not None and trainer.global_rank != self.rank
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            self.stamp.write_text(repr(time.time()))
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if self.during == "train" and trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        at_epoch = trainer.current_epoch == self.epoch and not trainer.sanity_checking
+        if self.during == "validation" and at_epoch:
+            self._send()

@@ -19,6 +19,10 @@ the config's ``model`` section by the hyperparameters saved in the checkpoint, s
 groups, optimizer or net would be silently ignored; here the file is only checked to be a
 readable checkpoint, and the net and group-layout checks of ``Classifier`` then apply.
 
+A ``preemption`` callback (``Preemption``) turns SIGTERM and SIGUSR1 into "finish the
+step, save ``last.ckpt``, exit with status 75"; the training loader is resumable, so
+``--ckpt_path last`` continues at the next batch.
+
 A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
 default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
@@ -48,6 +52,7 @@ from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.preemption import Preemption
 from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
 from groupwise.checkpoint.last import RunConfig, pick_last
@@ -79,6 +84,8 @@ class GroupwiseCLI(LightningCLI):
         # a forced callback, so Lightning orders it before the ModelCheckpoints: its checks at
         # epoch end and before validation run before they save
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
+        # on SIGTERM / SIGUSR1: finish the step, save last.ckpt, exit 75 (resumable)
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(GroupStats, "group_stats")
         parser.add_lightning_class_args(ConfusionMatrix, "confusion_matrix")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")

@@ -31,6 +31,7 @@ from groupwise.data.cifar10_files import (
     read_classes,
 )
 from groupwise.data.per_sample import PerSampleDataset
+from groupwise.data.resumable_loader import ResumableDataLoader
 
 # the init args that may hold a transform object (see ``CIFAR10DataModule.__init__``)
 _TRANSFORM_ARGS = ("train_transform", "eval_transform")
@@ -68,6 +69,7 @@ class EpochRandomSampler(RandomSampler):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
 
@@ -269,7 +271,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         # a plain DataLoader with a RandomSampler (sub)class, so Lightning can swap in a
         # DistributedSampler under DDP; drop_last=False keeps every image
         batched = isinstance(dataset, BatchTensorDataset)
-        return DataLoader(
+        # the training loader is resumable: a mid-epoch resume goes on with the next batch
+        loader = ResumableDataLoader if shuffle else DataLoader
+        return loader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochRandomSampler(dataset, global_seed()) if shuffle else None,
