@@ -157,3 +157,37 @@ def test_two_nodes_write_one_run_directory_from_rank_zero_only(launch, request):
     saved = {Path(p) for p in rank0["saves"]}
     assert {p for p in (run / "checkpoints").iterdir()} <= saved
     assert run / "checkpoints/last.ckpt" in saved
+
+
+def test_slurm_preemption_signal_stops_both_tasks_at_one_step_and_resumes_exactly(
+    data, tmp_path, slurm_run
+):
+    """SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`) reaching task 1 alone, as the batch of step 4
+    starts: both tasks finish that step, rank 0 writes last.ckpt, Lightning's SLURM
+    auto-requeue handler runs at that same boundary (its hpc checkpoint, `scontrol
+    requeue`, absent here), both exit 75; `--ckpt_path last` on both tasks then ends with
+    the weights of the run that never stopped. The tasks share one root directory, as on
+    a cluster's shared filesystem."""
+    spec = {
+        "class_path": "fault_injection.SignalAt",
+        "init_args": {"signal": "SIGUSR1", "stamp": str(tmp_path / "stamp"), "step": 4, "rank": 1},
+    }
+    args = ["fit", "--config", LENET, *quick(data, tmp_path / "root", *EPOCHS, *TWO_NODES)]
+    stopped = srun(
+        2, [*args, f"--trainer.callbacks+={json.dumps(spec)}"], tmp_path, OMP_NUM_THREADS="1"
+    )
+    assert [done.returncode for done in stopped] == [75, 75], stopped[0].stderr[-3000:]
+    assert "Preemption (SIGUSR1): saved" in stopped[0].stderr
+    assert "Requeuing SLURM job" in stopped[0].stderr  # Lightning's handler, at the boundary
+    (run,) = (tmp_path / "root/lightning_logs").iterdir()
+    assert load(run / "checkpoints/last.ckpt")["global_step"] == 5
+    (hpc,) = (tmp_path / "root").glob("hpc_ckpt_*.ckpt")
+    assert load(hpc)["global_step"] == 5
+
+    resumed = srun(2, [*args, "--ckpt_path", "last"], tmp_path, OMP_NUM_THREADS="1")
+    assert [done.returncode for done in resumed] == [0, 0], resumed[0].stderr[-3000:]
+    (second,) = set((tmp_path / "root/lightning_logs").iterdir()) - {run}
+    final = load(second / "checkpoints/last.ckpt")
+    assert final["global_step"] == 9
+    for key, value in slurm_run["last"]["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
