@@ -83,6 +83,7 @@ class Preemption(Callback):
     # ---- the handlers --------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _load_loader_position(trainer)
         # after the trainer registered its own (``_SignalConnector``), which it restores
         # at teardown; only the main thread may set handlers
         self._received, self._stop_next = None, False
@@ -170,3 +171,20 @@ class Preemption(Callback):
         if dirpath is None:
             dirpath = Path(trainer.default_root_dir) / "checkpoints"
         return str(Path(dirpath) / f"{self.filename}{ModelCheckpoint.FILE_EXTENSION}")
+
+
+def _load_loader_position(trainer: L.Trainer) -> None:
+    """Give the training loader its saved position, where Lightning did not.
+
+    Lightning loads a stateful loader's ``state_dict`` only when ``FitLoop.setup_data``
+    builds the loader after the checkpoint's loop state was restored. When the loader was
+    built earlier, as ``trainer.estimated_stepping_batches`` does from
+    ``configure_optimizers`` (a schedule whose length comes from the trainer, as the fast
+    recipe's), ``setup_data`` returns early and the state is dropped: the resumed epoch
+    would start again at its first batch. Here, before the first batch is fetched, the
+    pending state is loaded and the epoch's iterator made anew from it.
+    """
+    loop = trainer.fit_loop
+    if loop._combined_loader_states_to_load and loop._data_fetcher is not None:
+        loop._load_combined_loader_states()
+        iter(loop._data_fetcher)
