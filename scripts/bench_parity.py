@@ -49,7 +49,6 @@ from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
 from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
 from groupwise.data.cifar10 import global_seed
-from groupwise.optim.warmup_linear import WarmupLinearLR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,10 +121,10 @@ def plain_fit(
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = model.optimizer(model.build_param_groups()[0])
-    scheduler = model.scheduler(optimizer) if model.scheduler else None
-    if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
-        scheduler.set_total_steps(steps)
-    per_step = scheduler is not None and model.scheduler_interval == "step"
+    per_step = model.scheduler is not None and model.scheduler_interval == "step"
+    scheduler = None
+    if model.scheduler is not None:  # built as fit builds it; a per-step run is `steps` long
+        scheduler = model.build_scheduler(optimizer, steps if per_step else None)
     net.train()
     n, batch_size = len(labels), data.batch_size
     step = epoch = 0

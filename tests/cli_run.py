@@ -33,15 +33,19 @@ def quick(data_dir: Path, root: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def groupwise(*args: str) -> subprocess.CompletedProcess:
-    """`groupwise ARGS` as a user runs it, with tests/ importable for fault injection."""
-    return subprocess.run([GROUPWISE, *args], capture_output=True, text=True, env=subprocess_env())
+def groupwise(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`groupwise ARGS` as a user runs it, with tests/ importable for fault injection;
+    ``env`` adds variables (``GROUPWISE_DEBUG`` is unset unless given there)."""
+    full = subprocess_env(**(env or {}))
+    return subprocess.run([GROUPWISE, *args], capture_output=True, text=True, env=full)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment a `groupwise` subprocess gets: ours, tests/ importable for fault
-    injection, no cluster variables of the machine running the tests, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    injection, no cluster variables of the machine running the tests and no
+    ``GROUPWISE_DEBUG``, plus ``extra``."""
+    drop = ("SLURM_", "TORCHELASTIC_", "GROUPWISE_DEBUG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return dict(env, PYTHONPATH=str(ROOT / "tests"), **extra)
 
 

@@ -64,13 +64,16 @@ class PoisonAtStep(Callback):
 
 
 class RecordRank(Callback):
-    """Write, per rank, the training indices fetched each epoch, the final weights, the
-    final metrics, the node rank, the cluster environment's class and every checkpoint
-    file this rank's checkpoint plugin wrote to ``<out>/rank<r>.pt``."""
+    """Write, per rank, the training and validation indices fetched each epoch, the final
+    weights, the final metrics, the image count of the last validation confusion matrix,
+    the node rank, the cluster environment's class and every checkpoint file this rank's
+    checkpoint plugin wrote to ``<out>/rank<r>.pt``."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.seen: dict[int, list[int]] = {}
+        self.val_seen: dict[int, list[int]] = {}
+        self._val_recorded = False
         self.saves: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -83,24 +86,35 @@ class RecordRank(Callback):
 
         io.save_checkpoint = recording
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dataset = trainer.train_dataloader.dataset
+    def _record(self, trainer: L.Trainer, dataset, seen: dict[int, list[int]]) -> None:
         fetch = dataset.__getitems__
 
         def recording(indices):
-            self.seen.setdefault(trainer.current_epoch, []).extend(indices)
+            if not trainer.sanity_checking:
+                seen.setdefault(trainer.current_epoch, []).extend(indices)
             return fetch(indices)
 
         dataset.__getitems__ = recording
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, trainer.train_dataloader.dataset, self.seen)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._val_recorded and not trainer.sanity_checking:
+            self._val_recorded = True
+            self._record(trainer, trainer.val_dataloaders.dataset, self.val_seen)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        matrices = [c.last_matrix for c in trainer.callbacks if hasattr(c, "last_matrix")]
         record = {
             "seen": self.seen,
+            "val_seen": self.val_seen,
             "state_dict": state,
             "metrics": metrics,
+            "confusion_total": [int(m.sum()) for m in matrices if m is not None],
             "node_rank": trainer.node_rank,
             "environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
             "saves": self.saves,
@@ -246,3 +260,17 @@ class SignalAt(Callback):
         at_epoch = trainer.current_epoch == self.epoch and not trainer.sanity_checking
         if self.during == "validation" and at_epoch:
             self._send()
+
+
+class NaNBatchOnRank(Callback):
+    """Fill the images of the batch of global step ``step`` with NaN on global rank ``rank``
+    only, and write the time it did so to ``<out>/injected.txt``."""
+
+    def __init__(self, rank: int, step: int, out: str) -> None:
+        self.rank, self.step, self.out = rank, step, Path(out)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, *a):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "injected.txt").write_text(repr(time.time()))

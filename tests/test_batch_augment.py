@@ -9,14 +9,10 @@ from torchvision import transforms as T
 from groupwise.data.batch_augment import (
     CIFAR10_MEAN,
     CIFAR10_STD,
-    crop,
     crop_flip,
-    hflip,
     keyed_bits,
     keyed_crop_flip,
     normalize,
-    random_crop,
-    random_hflip,
 )
 
 
@@ -25,10 +21,8 @@ def numbered_images(n: int, c: int = 3, h: int = 32, w: int = 32) -> torch.Tenso
     return (torch.arange(n * c * h * w) % 255 + 1).to(torch.uint8).view(n, c, h, w)
 
 
-def test_random_crop_tiny_image_by_hand():
+def test_crop_of_a_tiny_image_by_hand():
     image = torch.tensor([[[[1, 2], [3, 4]]]], dtype=torch.uint8)  # 1 x 1 x 2 x 2
-    batch = image.repeat(200, 1, 1, 1)
-    out = random_crop(batch, padding=1, generator=torch.Generator().manual_seed(0))
     # offset (dy, dx) in [0, 2]: output pixel (y, x) = padded pixel (y + dy, x + dx)
     expected = {
         (0, 0): [[0, 0], [0, 1]],
@@ -41,26 +35,21 @@ def test_random_crop_tiny_image_by_hand():
         (2, 1): [[3, 4], [0, 0]],
         (2, 2): [[4, 0], [0, 0]],
     }
-    replay = torch.Generator().manual_seed(0)
-    dy = torch.randint(3, (200,), generator=replay)
-    dx = torch.randint(3, (200,), generator=replay)
-    for i in range(200):
-        want = torch.tensor(expected[(int(dy[i]), int(dx[i]))], dtype=torch.uint8)
-        assert torch.equal(out[i, 0], want), (i, int(dy[i]), int(dx[i]))
-    # every offset occurs, each image drew its own
-    assert len({(int(a), int(b)) for a, b in zip(dy, dx, strict=True)}) == 9
+    dy, dx = (torch.tensor(offsets) for offsets in zip(*expected, strict=True))
+    out = crop_flip(image.repeat(9, 1, 1, 1), dy, dx, None, padding=1)
+    for i, want in enumerate(expected.values()):
+        assert out[i, 0].tolist() == want, (int(dy[i]), int(dx[i]))
 
 
-def test_random_crop_matches_per_image_shift_with_zero_padding():
+def test_crop_is_a_per_image_shift_with_zero_padding():
     images = numbered_images(64)
-    out = random_crop(images, padding=4, generator=torch.Generator().manual_seed(3))
-    replay = torch.Generator().manual_seed(3)
-    dy = torch.randint(9, (64,), generator=replay) - 4  # shift of the source window
-    dx = torch.randint(9, (64,), generator=replay) - 4
+    generator = torch.Generator().manual_seed(3)
+    dy, dx = (torch.randint(9, (64,), generator=generator) for _ in range(2))
+    out = crop_flip(images, dy, dx, None, padding=4)
     assert out.dtype == torch.uint8 and out.shape == images.shape
     for i in range(64):
         want = torch.zeros(3, 32, 32, dtype=torch.uint8)
-        sy, sx = int(dy[i]), int(dx[i])
+        sy, sx = int(dy[i]) - 4, int(dx[i]) - 4  # shift of the source window
         # out[y, x] = images[y + sy, x + sx] where that is inside the image, else 0
         ys, xs = slice(max(0, -sy), min(32, 32 - sy)), slice(max(0, -sx), min(32, 32 - sx))
         src_ys = slice(ys.start + sy, ys.stop + sy)
@@ -70,27 +59,22 @@ def test_random_crop_matches_per_image_shift_with_zero_padding():
         assert int((out[i] == 0).sum()) == 3 * (32 * 32 - (32 - abs(sy)) * (32 - abs(sx)))
 
 
-def test_random_crop_padding_zero_is_identity():
+def test_padding_zero_without_flips_is_identity():
     images = numbered_images(4)
-    assert torch.equal(random_crop(images, padding=0), images)
+    zeros = torch.zeros(4, dtype=torch.int64)
+    assert crop_flip(images, zeros, zeros, None, padding=0) is images
 
 
-def test_random_hflip_flips_exactly_the_drawn_images():
+def test_flip_flips_exactly_the_chosen_images():
     image = torch.tensor([[[[1, 2, 3], [4, 5, 6]]]], dtype=torch.uint8)
-    batch = torch.cat([image, image + 10] * 50)
-    out = random_hflip(batch, generator=torch.Generator().manual_seed(1))
-    flip = torch.rand(100, generator=torch.Generator().manual_seed(1)) < 0.5
-    assert 0 < int(flip.sum()) < 100
-    for i in range(100):
+    batch = torch.cat([image, image + 10] * 2)
+    flip = torch.tensor([True, False, False, True])
+    zeros = torch.zeros(4, dtype=torch.int64)
+    out = crop_flip(batch, zeros, zeros, flip, padding=0)
+    for i in range(4):
         base = 0 if i % 2 == 0 else 10
         want = [[3, 2, 1], [6, 5, 4]] if flip[i] else [[1, 2, 3], [4, 5, 6]]
         assert out[i, 0].tolist() == [[v + base for v in row] for row in want]
-
-
-def test_crop_and_flip_draw_fresh_offsets_each_call():
-    images = numbered_images(32)
-    g = torch.Generator().manual_seed(0)
-    assert not torch.equal(random_crop(images, generator=g), random_crop(images, generator=g))
 
 
 def test_normalize_exact_values():
@@ -113,7 +97,9 @@ def test_normalize_matches_torchvision_totensor_normalize_per_image():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("fn", [random_crop, random_hflip, normalize])
+@pytest.mark.parametrize(
+    "fn", [normalize, lambda x: crop_flip(x, torch.zeros(1), torch.zeros(1), None, 4)]
+)
 def test_rejects_a_single_image(fn):
     with pytest.raises(ValueError, match="N, C, H, W"):
         fn(torch.zeros(3, 32, 32, dtype=torch.uint8))
@@ -129,6 +115,15 @@ def test_keyed_crop_flip_is_independent_of_batching_and_keyed_by_seed_and_epoch(
     assert torch.equal(whole[0::2], even) and torch.equal(whole[1::2], odd.flip(0))
     assert not torch.equal(whole, keyed_crop_flip(images, index, seed=3, epoch=2))
     assert not torch.equal(whole, keyed_crop_flip(images, index, seed=4, epoch=1))
+
+
+def test_keyed_bits_exact_values():
+    """The bits that key every image's crop and flip: a change here changes every run's
+    augmentation (and a resumed run's against its checkpoint's)."""
+    index = torch.tensor([0, 1, 2, 49_999])
+    assert keyed_bits(0, 0, index).tolist() == [0, 2543100323, 791167814, 1084230278]
+    assert keyed_bits(12345, 7, index).tolist() == [3113189570, 3006478098, 3305345053, 3056061530]
+    assert keyed_bits(2**40 + 3, 2**33 + 1, torch.tensor([5])).tolist() == [1250734454]
 
 
 def test_keyed_crop_flip_choices_are_uniform():
@@ -149,8 +144,6 @@ def test_crop_flip_in_one_gather_equals_crop_then_flip(padding):
     dx = torch.randint(2 * padding + 1, (64,), generator=generator)
     flip = torch.rand(64, generator=generator) < 0.5
     assert 0 < int(flip.sum()) < 64
-    expected = hflip(crop(images, dy, dx, padding), flip)
+    cropped = crop_flip(images, dy, dx, None, padding)
+    expected = torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
     assert torch.equal(crop_flip(images, dy, dx, flip, padding), expected)
-    # and the mirror of an image's crop is its crop read right to left
-    flipped = crop_flip(images, dy, dx, torch.ones(64, dtype=torch.bool), padding)
-    assert torch.equal(flipped, crop(images, dy, dx, padding).flip(3))

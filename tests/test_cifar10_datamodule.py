@@ -1,5 +1,6 @@
 """CIFAR10DataModule on fabricated data: split, loaders, batched augmentation, Lightning hooks."""
 
+import itertools
 from types import SimpleNamespace
 
 import lightning as L
@@ -58,8 +59,8 @@ def test_split_is_deterministic_per_seed(folder):
     assert torch.equal(a.val_indices, b.val_indices)
     assert torch.equal(a.train_set.tensors[0], b.train_set.tensors[0])
     assert not torch.equal(a.val_indices, c.val_indices)
-    # the same as a seeded permutation, so anyone can reproduce it
-    want = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:10].sort().values
+    # the first images of a seeded permutation, in its order, so anyone can reproduce it
+    want = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:10]
     assert torch.equal(a.val_indices, want)
 
 
@@ -69,6 +70,30 @@ def test_val_size_zero_and_out_of_range(folder):
     assert len(dm.val_dataloader()) == 0
     with pytest.raises(ValueError, match=r"val_size must be in \[0, 60\)"):
         fitted(folder, val_size=60)
+
+
+def test_validation_and_test_order_is_a_seeded_permutation_so_the_first_batches_mix_classes(
+    tmp_path,
+):
+    """Files are grouped by class; ``--trainer.limit_val_batches`` takes the first batches, so
+    they must be a uniform sample of the split, not its first classes."""
+    root = write_image_folder(tmp_path, n_per_class=20, with_test=True, n_test_per_class=10)
+    dm = fitted(root, val_size=100, batch_size=10)
+    dm.setup("test")
+    labels = cifar10_files.load_split(root, "train").labels  # 20 of class 0, then class 1, ...
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(dm.val_indices, perm[:100])  # the split's own seeded order
+    first = torch.cat([y for _, y, _ in itertools.islice(dm.val_dataloader(), 2)])
+    assert torch.equal(first, labels[perm[:20]])
+    counts = first.bincount(minlength=10)
+    assert counts.tolist() == [2, 1, 2, 5, 2, 2, 2, 3, 0, 1]  # 9 of the 10 classes
+    # the test split (10 per class) in a seeded order too: its first batch holds 7 classes
+    test_first = next(iter(dm.test_dataloader()))[1]
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(test_first, torch.arange(10).repeat_interleave(10)[order[:10]])
+    assert (test_first.bincount(minlength=10) > 0).sum() == 7
+    # predict keeps the files' order, so its outputs line up with the files
+    assert next(iter(dm.predict_dataloader()))[1].tolist() == [0] * 10
 
 
 # ---- classes, layouts, stages ---------------------------------------------------------------
@@ -334,5 +359,6 @@ def test_lightning_calls_the_hook_augmenting_training_batches_only(folder, tmp_p
     assert (train[:, 0] == RED_ZERO).any()
     val = torch.cat(model.seen["val"])
     assert torch.equal(val, normalize(dm.val_set.tensors[0]))
-    test = torch.cat(model.seen["test"])
-    assert torch.equal(test, normalize(dm.test_set.tensors[0]))
+    test = torch.cat(model.seen["test"])  # in the seeded order of the test split
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(test, normalize(dm.test_set.tensors[0][order]))

@@ -150,7 +150,7 @@ def test_print_config_shows_groups_and_default_callbacks(capsys):
         "lr_scale: 10.0",
         "class_path: torch.optim.lr_scheduler.MultiStepLR",
         "monitor: val/acc",
-        "logging_interval: epoch",
+        "logging_interval: null",  # Lightning's: at the scheduler's own interval
     ):
         assert expected in printed
 
@@ -167,3 +167,11 @@ def test_python_dash_m_runs_the_cli():
     )
     for subcommand in ("fit", "validate", "test", "predict"):
         assert subcommand in done.stdout
+
+
+def test_without_a_scheduler_each_group_lr_is_logged_once_per_epoch(data_dir, tmp_path):
+    extra = ["--trainer.max_epochs", "2", "--model.scheduler", "null"]
+    fit = run(["fit", "--config", LENET, *quick(data_dir, tmp_path, *extra)])
+    logged = scalars(Path(fit.trainer.log_dir))
+    assert logged["lr-SGD/features"] == [(0, f32([0.005])[0]), (3, f32([0.005])[0])]
+    assert logged["lr-SGD/classifier"] == [(0, f32([0.05])[0]), (3, f32([0.05])[0])]

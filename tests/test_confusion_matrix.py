@@ -1,14 +1,17 @@
-"""ConfusionMatrix: the image of a real run's validation, and its counts."""
+"""ConfusionMatrix: the image of a real run's validation, its counts, and the figure
+torchmetrics draws of them."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_run import LENET, quick, scalars
 from fake_cifar import write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from groupwise.callbacks.confusion_matrix import ConfusionMatrix, draw
+from groupwise.callbacks.confusion_matrix import ConfusionMatrix, figure
 from groupwise.cli import run
 
 
@@ -34,13 +37,24 @@ def test_fit_logs_the_matrix_of_every_validation(tmp_path):
     assert events.Tags()["images"] == ["val/confusion_matrix"]
     images = events.Images("val/confusion_matrix")
     assert [image.step for image in images] == [3, 6]  # after each epoch's 3 steps
-    assert images[-1].width > 100 and images[-1].height > 100
+    # 10 classes at 0.8 inch each, 100 dpi
+    assert (images[-1].width, images[-1].height) == (800, 800)
 
 
-def test_draw_returns_an_rgb_image():
-    image = draw(np.array([[3, 1], [0, 4]]), ["cat", "dog"])
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-    assert image.min() < 100 < 200 < image.max()  # not blank
+def test_figure_writes_each_count_in_its_cell_with_the_class_names():
+    matrix = torch.tensor([[3, 1, 0], [0, 4, 2], [5, 0, 7]])  # rows: true, columns: predicted
+    names = ["cat", "dog", "frog"]
+    fig = figure(MulticlassConfusionMatrix(3), matrix, names)
+    (axes,) = fig.axes[:1]
+    cells = {(text.get_position(), text.get_text()) for text in axes.texts}
+    counts = {((col, row), str(int(matrix[row, col]))) for row in range(3) for col in range(3)}
+    assert cells == counts
+    assert [label.get_text() for label in axes.get_xticklabels()] == names  # predicted
+    assert [label.get_text() for label in axes.get_yticklabels()] == names  # true
+    assert axes.get_xlabel() == "Predicted class" and axes.get_ylabel() == "True class"
+    assert tuple(fig.get_size_inches()) == (6.4, 6.4)  # at least matplotlib's default width
+    image = np.asarray(axes.images[0].get_array())
+    assert image.tolist() == matrix.tolist()  # the colours are the counts
 
 
 def test_class_names_must_match_the_classes():

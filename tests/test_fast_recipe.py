@@ -61,7 +61,9 @@ def test_checkpoint_scheduler_length_is_epochs_times_steps_per_epoch(single):
     # stepped past its last step: end_factor 0 times each group's peak lr (the config's)
     config = yaml.safe_load(Path(FAST).read_text())["model"]
     peak = config["optimizer"]["init_args"]["lr"]
-    assert scheduler["base_lrs"] == [peak * config["param_groups"][0]["lr_scale"], peak]
+    peaks = [peak * config["param_groups"][0]["lr_scale"], peak]
+    # the factor scales each group's own peak lr
+    assert scheduler["base_lrs"] == peaks
     groups = last["optimizer_states"][0]["param_groups"]
     assert [(group["name"], group["lr"]) for group in groups] == [("norm", 0.0), ("weights", 0.0)]
 
@@ -97,12 +99,14 @@ def test_ddp_runs_the_recipe_unchanged_with_half_the_steps(single, data_dir, tmp
     assert scheduler["total_steps"] == EPOCHS * math.ceil(30 / 8) == 8
     assert scheduler["last_epoch"] == last["global_step"] == 8
 
-    # the schedule, logged per epoch: warm-up round(0.2 * 8) = 2 steps, epoch 1 at step 4
+    # the schedule, logged at every step: warm-up round(0.2 * 8) = 2 steps from 0.001, then
+    # linear decay to 0 at step 8
     logged = scalars(tmp_path / "lightning_logs/version_0")
     steps, lrs = zip(*logged["lr-SGD/weights"], strict=True)
-    assert steps == (0, 4)
+    assert steps == tuple(range(8))
     peak = yaml.safe_load(Path(FAST).read_text())["model"]["optimizer"]["init_args"]["lr"]
-    assert lrs == pytest.approx((peak * 0.001, peak * (1 - (4 - 2) / (8 - 2))), rel=1e-6)
+    factors = [0.001, 0.001 + 0.999 / 2] + [1 - (k - 2) / 6 for k in range(2, 8)]
+    assert lrs == pytest.approx([peak * f for f in factors], rel=1e-6)
 
     rank0, rank1 = (load(path) for path in sorted((tmp_path / "ranks").glob("rank*.pt")))
     assert sorted(rank0["state_dict"]) == sorted(rank1["state_dict"])

@@ -291,10 +291,71 @@ def test_train_bn_false_puts_only_the_frozen_groups_norms_in_eval_mode():
         trainer.current_epoch = 0
         callback.on_train_epoch_start(trainer, net)
         assert [i for i, m in enumerate(net) if not m.training] == expected
-        net.train()  # Lightning puts the model in train mode before each epoch
-        trainer.current_epoch = 1
+        trainer.current_epoch = 1  # nothing else puts the model back in train mode
         callback.on_train_epoch_start(trainer, net)
         assert all(m.training for m in net)
+
+
+TINY_BN_NET = json.dumps(
+    {"class_path": "groupwise.nets.FastNet", "init_args": {"widths": [4, 4, 4], "stem_width": 4}}
+)
+BACKBONE_HEAD = (
+    '[{"name": "backbone", "modules": ["backbone"]}, {"name": "head", "modules": ["head"]}]'
+)
+
+
+class RecordNormModes(Callback):
+    """In-process record of each batch-norm layer's ``training`` flag at every training
+    step, and whether the model as a whole was in train mode, by epoch."""
+
+    def __init__(self) -> None:
+        self.modes: dict[int, set[tuple[bool, ...]]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        norms = [m for m in pl_module.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert len(norms) == 7  # the stem and two per stage, all in the backbone group
+        modes = tuple(m.training for m in norms)
+        self.modes.setdefault(trainer.current_epoch, set()).add(modes)
+
+
+def fit_recording_norm_modes(data_dir: Path, root: Path, epochs: int, *extra: str) -> dict:
+    args = quick(
+        data_dir, root,
+        "--model.net", TINY_BN_NET,
+        "--model.param_groups", BACKBONE_HEAD,
+        "--trainer.max_epochs", str(epochs),
+        callback_arg("test_finetune.RecordNormModes"),
+        *extra,
+    )  # fmt: skip
+    cli = run(["fit", "--config", LENET, *args])
+    (found,) = [c for c in cli.trainer.callbacks if isinstance(c, RecordNormModes)]
+    return found.modes
+
+
+def frozen_bn_arg(epochs: int) -> str:
+    return callback_arg(
+        "groupwise.callbacks.FreezeGroups", frozen={"backbone": epochs}, train_bn=False
+    )
+
+
+EVAL, TRAIN = {(False,) * 7}, {(True,) * 7}
+
+
+def test_train_bn_false_norms_train_again_from_the_unfreeze_in_a_real_fit(data_dir, tmp_path):
+    """Lightning puts the model in train mode once, not every epoch: the callback itself
+    must switch the norms it put in eval mode back at the unfreeze."""
+    modes = fit_recording_norm_modes(data_dir, tmp_path, 3, frozen_bn_arg(1))
+    assert modes == {0: EVAL, 1: TRAIN, 2: TRAIN}
+
+
+def test_train_bn_false_norm_modes_after_a_resume_before_and_past_the_unfreeze(data_dir, tmp_path):
+    """Frozen for 2 epochs: a run of 1 epoch, resumed (still frozen) to 2, resumed (past the
+    unfreeze) to 3: each epoch's norms are as in an uninterrupted run."""
+    freeze = frozen_bn_arg(2)
+    assert fit_recording_norm_modes(data_dir, tmp_path, 1, freeze) == {0: EVAL}
+    resume = ("--ckpt_path", "last")
+    assert fit_recording_norm_modes(data_dir, tmp_path, 3, freeze, *resume) == {1: EVAL, 2: TRAIN}
+    assert fit_recording_norm_modes(data_dir, tmp_path, 4, freeze, *resume) == {3: TRAIN}
 
 
 # ---- DDP -----------------------------------------------------------------------------------

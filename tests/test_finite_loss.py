@@ -1,31 +1,42 @@
-"""FiniteLossGuard's host reads: every step on the CPU by default, every N steps when asked
-(the accelerator default, where a host read waits for the device), and the first bad step
-is still the one named."""
+"""FiniteLossGuard's host reads: on the logging steps (the trainer's ``log_every_n_steps``)
+by default, on every device, or every N steps when asked, and the first bad step is still
+the one named."""
 
 from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 
 
 @pytest.fixture
 def host_reads(monkeypatch) -> list[int]:
-    """Counts ``int(tensor)``, ``bool(tensor)`` and ``tensor.item()`` calls (host reads)."""
+    """Counts ``int(tensor)``, ``float(tensor)``, ``bool(tensor)`` and ``tensor.item()``
+    calls (host reads)."""
     reads: list[int] = []
-    to_int, to_bool, item = torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.item
+    to_int, to_float, to_bool = torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__bool__
+    item = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "__int__", lambda t: reads.append(1) or to_int(t))
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(1) or to_float(t))
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or to_bool(t))
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
     return reads
 
 
-def fake_trainer() -> SimpleNamespace:
+def fake_trainer(log_every_n_steps: int = 50) -> SimpleNamespace:
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([{"params": [weight], "name": "features"}], lr=0.25)
     return SimpleNamespace(
-        current_epoch=0, global_step=0, optimizers=[optimizer], checkpoint_callbacks=[]
+        current_epoch=0,
+        global_step=0,
+        optimizers=[optimizer],
+        checkpoint_callbacks=[],
+        log_every_n_steps=log_every_n_steps,
+        strategy=SingleDeviceStrategy("cpu"),
+        world_size=1,
+        global_rank=0,
     )
 
 
@@ -35,8 +46,16 @@ def steps(guard: FiniteLossGuard, trainer: SimpleNamespace, losses: list[float])
         guard.on_train_batch_end(trainer, None, torch.tensor(loss), None, trainer.global_step - 1)
 
 
-def test_cpu_default_reads_every_step(host_reads):
-    guard, trainer = FiniteLossGuard(), fake_trainer()
+def test_default_reads_on_the_logging_steps(host_reads):
+    guard, trainer = FiniteLossGuard(), fake_trainer(log_every_n_steps=3)
+    steps(guard, trainer, [1.0, 0.5, 0.25, 0.125])
+    assert len(host_reads) == 1  # after step 3, the first logging step
+    with pytest.raises(NonFiniteLossError, match="global step 6;"):
+        steps(guard, trainer, [0.1, float("inf")])  # read after step 6
+
+
+def test_every_step_when_the_trainer_logs_every_step(host_reads):
+    guard, trainer = FiniteLossGuard(), fake_trainer(log_every_n_steps=1)
     steps(guard, trainer, [1.0, 0.5, 0.25])
     assert len(host_reads) == 3
     with pytest.raises(NonFiniteLossError, match="global step 4;"):
@@ -44,7 +63,7 @@ def test_cpu_default_reads_every_step(host_reads):
 
 
 def test_every_n_steps_reads_once_per_n_and_names_the_first_bad_step(host_reads):
-    guard, trainer = FiniteLossGuard(check_every_n_steps=4), fake_trainer()
+    guard, trainer = FiniteLossGuard(check_every_n_steps=4), fake_trainer(log_every_n_steps=1)
     steps(guard, trainer, [1.0] * 8)
     assert len(host_reads) == 2  # after steps 4 and 8
     steps(guard, trainer, [1.0, float("nan"), float("inf")])  # steps 9-11: no read yet

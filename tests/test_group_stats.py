@@ -8,6 +8,7 @@ import pytest
 import torch
 from cli_run import LENET, groupwise, quick, scalars
 from fake_cifar import write_image_folder
+from lightning.pytorch.utilities import grad_norm
 
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
@@ -66,6 +67,38 @@ def test_values_equal_hand_computed_ones():
     assert [s for s, _ in recorder.logged] == [0, 3]
     # After 3 steps of -lr * g: w = [0, 3, 4] - 1.5 * [1, 2, 2]
     assert recorder.logged[1][1]["groups/a/param_norm"] == pytest.approx(math.hypot(-1.5, 0.0, 1.0))
+
+
+def test_group_grad_norms_are_what_lightning_grad_norm_lacks():
+    """Lightning's grad_norm gives one norm per parameter and a total; the groups' norms
+    are the L2 norms of their parameters' norms, and together make that total."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    net(torch.randn(5, 4)).square().sum().backward()
+    optimizer = torch.optim.SGD(
+        [
+            {"name": "first", "params": list(net[0].parameters())},
+            {"name": "last", "params": list(net[2].parameters())},
+        ],
+        lr=0.1,
+    )
+    recorder = Recorder()
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True, loggers=[recorder])
+    _step(GroupStats(every_n_steps=1), trainer, optimizer)  # before the step: net's grads
+    ((_, metrics),) = recorder.logged
+    lightning = grad_norm(net, norm_type=2)
+    assert sorted(lightning) == [
+        "grad_2.0_norm/0.bias",
+        "grad_2.0_norm/0.weight",
+        "grad_2.0_norm/2.bias",
+        "grad_2.0_norm/2.weight",
+        "grad_2.0_norm_total",
+    ]  # per parameter and total: no group
+    for group, layer in (("first", "0"), ("last", "2")):
+        per_param = [lightning[f"grad_2.0_norm/{layer}.{n}"] for n in ("weight", "bias")]
+        assert metrics[f"groups/{group}/grad_norm"] == pytest.approx(math.hypot(*per_param))
+    total = math.hypot(metrics["groups/first/grad_norm"], metrics["groups/last/grad_norm"])
+    assert total == pytest.approx(float(lightning["grad_2.0_norm_total"]))
 
 
 def test_gradient_accumulation_waits_for_the_stepping_batch():

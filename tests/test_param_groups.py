@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from groupwise.nets import CifarResNet18, LeNet5
-from groupwise.optim.param_groups import ParamGroupError, build_param_groups, describe, format_table
+from groupwise.optim.param_groups import (
+    ParamGroupError,
+    build_param_groups,
+    check_partition,
+    describe,
+    format_table,
+    parameter_names,
+)
 
 SGD_DEFAULTS = torch.optim.SGD([torch.zeros(1)], lr=0.1, momentum=0.9, weight_decay=5e-4).defaults
 
@@ -134,7 +141,8 @@ def test_weight_decay_split_keeps_group_options():
     [
         (
             [{"name": "x", "modules": ["featurez"]}],
-            r"unknown module 'featurez'; modules that exist: \['features', 'features.0',",
+            r"unknown module 'featurez' \(did you mean 'features'\?\); modules that exist: "
+            r"\['features', 'features.0',",
         ),
         (
             [{"name": "a", "modules": ["features"]}, {"name": "a", "modules": ["classifier"]}],
@@ -147,7 +155,12 @@ def test_weight_decay_split_keeps_group_options():
         ),
         (
             [{"name": "x", "modules": ["features"], "betas": [0.9, 0.99]}],
-            r"sets \['betas'\], which the optimizer does not take; valid options: \[",
+            r"sets 'betas', which the optimizer does not take; valid options: \[.*\], and the "
+            r"rule keys \['lr_scale', 'modules', 'name', 'params'\]",
+        ),
+        (
+            [{"name": "x", "modules": ["features"], "lr_scal": 2, "betas": [0.9, 0.99]}],
+            r"sets 'betas', 'lr_scal' \(did you mean 'lr_scale'\?\), which the optimizer",
         ),
         ([{"name": "x", "modules": ["features"], "lr": 1, "lr_scale": 2}], "both 'lr' and"),
         ([{"name": "default", "modules": ["features"]}], "'default' is reserved"),
@@ -202,3 +215,142 @@ def test_group_table_lists_counts_and_options():
         "name", "tensors", "parameters", "lr", "weight_decay", "momentum", "nesterov"
     ]  # fmt: skip
     assert table[2].split() == ["features", "4", "2,872", "0.01", "0.0005", "0.9", "True"]
+
+
+# ---- tied and aliased parameters -----------------------------------------------------------
+
+
+class TiedNet(nn.Module):
+    """An embedding whose weight the output layer shares (a tied head), as language models do."""
+
+    def __init__(self, head_bias: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=head_bias)
+        self.head.weight = self.embed.weight
+
+
+class TwoNames(nn.Module):
+    """One linear layer registered under two names, ``a`` and ``b``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+        self.b = self.a
+        self.c = nn.Linear(2, 3)
+
+
+def groups_by_identity(groups: list[dict]) -> dict[str, set[int]]:
+    return {g["name"]: {id(p) for p in g["params"]} for g in groups}
+
+
+def test_a_tied_weight_goes_with_the_module_that_names_it():
+    model = TiedNet()
+    groups = build_param_groups(model, [{"name": "head", "modules": ["head"]}], SGD_DEFAULTS)
+    assert groups_by_identity(groups) == {
+        "head": {id(model.head.weight), id(model.head.bias)},
+        "default": {id(model.body.weight), id(model.body.bias)},
+    }
+    assert model.head.weight is model.embed.weight  # so the embedding trains at the head's lr
+
+
+def test_a_tied_weight_alone_is_not_a_rule_that_matches_nothing():
+    model = TiedNet(head_bias=False)
+    groups = build_param_groups(model, [{"name": "head", "params": ["head.*"]}], SGD_DEFAULTS)
+    assert groups_by_identity(groups)["head"] == {id(model.embed.weight)}
+
+
+def test_the_first_rule_matching_any_name_of_a_tied_weight_wins():
+    model = TiedNet()
+    rules = [
+        {"name": "embed", "modules": ["embed"], "lr_scale": 0.5},
+        {"name": "head", "modules": ["head"]},
+    ]
+    groups = build_param_groups(model, rules, SGD_DEFAULTS)
+    assert groups_by_identity(groups) == {
+        "embed": {id(model.embed.weight)},
+        "head": {id(model.head.bias)},
+        "default": {id(model.body.weight), id(model.body.bias)},
+    }
+    # the other order: the head's rule comes first and takes the shared weight
+    with pytest.raises(ParamGroupError, match="'embed' matches no parameter"):
+        build_param_groups(model, rules[::-1], SGD_DEFAULTS)
+
+
+def test_a_module_registered_under_two_names_is_found_under_either():
+    model = TwoNames()
+    groups = build_param_groups(model, [{"name": "b", "modules": ["b"]}], SGD_DEFAULTS)
+    assert groups_by_identity(groups) == {
+        "b": {id(model.a.weight), id(model.a.bias)},
+        "default": {id(model.c.weight), id(model.c.bias)},
+    }
+
+
+def test_the_exactly_once_check_names_a_tied_weight_in_two_groups_by_all_its_names():
+    model = TiedNet()
+    twice = [  # what a builder that assigned each name on its own would return
+        {"name": "embed", "params": [model.embed.weight]},
+        {"name": "head", "params": [model.head.weight, model.head.bias]},
+        {"name": "default", "params": [model.body.weight, model.body.bias]},
+    ]
+    with pytest.raises(ParamGroupError) as error:
+        check_partition(model, twice)
+    assert str(error.value) == (
+        "parameter embed.weight (also head.weight) is in two groups: 'embed' and 'head'"
+    )
+    missing = [{"name": "default", "params": [model.body.weight, model.body.bias]}]
+    with pytest.raises(ParamGroupError) as error:
+        check_partition(model, missing)
+    assert str(error.value) == (
+        "trainable parameters in no group: ['embed.weight (also head.weight)', 'head.bias']"
+    )
+    check_partition(model, build_param_groups(model, None, SGD_DEFAULTS))  # the real one passes
+
+
+def test_group_table_shows_a_tied_weight_once_with_its_names():
+    model = TiedNet()
+    groups = build_param_groups(model, [{"name": "head", "modules": ["head"]}], SGD_DEFAULTS)
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    rows = describe(optimizer.param_groups, optimizer.defaults, parameter_names(model))
+    assert [(r["name"], r["tensors"], r["parameters"], r["tied"]) for r in rows] == [
+        ("head", 2, 40 + 10, "embed.weight = head.weight"),
+        ("default", 2, 16 + 4, ""),
+    ]
+    # without shared parameters there is no such column
+    lenet = LeNet5()
+    plain = torch.optim.SGD(build_param_groups(lenet, None, SGD_DEFAULTS), lr=0.1)
+    assert "tied" not in describe(plain.param_groups, plain.defaults, parameter_names(lenet))[0]
+
+
+# ---- modules and params in one rule ---------------------------------------------------------
+
+
+def test_modules_and_params_together_select_the_patterns_within_the_modules():
+    model = LeNet5()
+    rules = [{"name": "classifier_biases", "modules": ["classifier"], "params": ["*.bias"]}]
+    groups = build_param_groups(model, rules, SGD_DEFAULTS)
+    assert names_by_group(model, groups) == {
+        "classifier_biases": {"classifier.1.bias", "classifier.3.bias", "classifier.5.bias"},
+        "default": LENET_FEATURES | LENET_CLASSIFIER - {f"classifier.{i}.bias" for i in (1, 3, 5)},
+    }
+
+
+def test_modules_and_params_with_an_empty_intersection_match_nothing():
+    rules = [{"name": "x", "modules": ["features"], "params": ["classifier.*"]}]
+    with pytest.raises(ParamGroupError, match=r"'x' matches no parameter .*in a listed module"):
+        build_param_groups(LeNet5(), rules, SGD_DEFAULTS)
+
+
+# ---- lr_scale needs a default lr ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("defaults", [{"momentum": 0.9}, {"lr": None, "momentum": 0.9}])
+def test_lr_scale_with_an_optimizer_without_a_default_lr_is_a_clear_error(defaults):
+    rules = [{"name": "features", "modules": ["features"], "lr_scale": 10.0}]
+    with pytest.raises(ParamGroupError) as error:
+        build_param_groups(LeNet5(), rules, defaults)
+    assert str(error.value) == (
+        "parameter group 'features' sets lr_scale, but the optimizer has no default lr to "
+        f"scale (its lr is {defaults.get('lr')}); give the group an 'lr' instead"
+    )

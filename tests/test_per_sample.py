@@ -129,18 +129,20 @@ def test_deterministic_transform_equals_the_batched_path_without_augmentation(fo
         assert torch.equal(x_a, x_b) and torch.equal(y_a, y_b)
 
 
-def test_eval_transform_for_val_test_and_predict_in_stored_order(folder):
+def test_eval_transform_for_val_test_and_predict_in_their_order(folder):
     dm = fitted(folder, stage=None, eval_transform=FLIP_NORMALIZE)
     assert isinstance(dm.train_set, BatchTensorDataset)  # no train_transform: batched
-    loaders = {
-        "val": (dm.val_dataloader(), dm.val_set),
-        "test": (dm.test_dataloader(), dm.test_set),
-        "predict": (dm.predict_dataloader(), dm.test_set),
+    test_order = torch.randperm(20, generator=torch.Generator().manual_seed(0)).tolist()
+    loaders = {  # validation as stored (the split's seeded order), test seeded, predict as is
+        "val": (dm.val_dataloader(), dm.val_set, list(range(len(dm.val_set)))),
+        "test": (dm.test_dataloader(), dm.test_set, test_order),
+        "predict": (dm.predict_dataloader(), dm.test_set, list(range(20))),
     }
-    for stage, (loader, dataset) in loaders.items():
+    for stage, (loader, dataset, order) in loaders.items():
         images, labels = dataset.tensors
+        labels = labels[order]
         x = torch.cat([x for x, _ in loader])
-        want = stack_transformed(FLIP_NORMALIZE, images, list(range(len(labels))))
+        want = stack_transformed(FLIP_NORMALIZE, images, order)
         assert torch.equal(x, want), stage
         assert torch.equal(torch.cat([y for _, y in loader]), labels), stage
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import quick, scalars
 from PIL import Image
 
-from groupwise.plan import configure, load, lr_rows, lr_schedule, plot_lr_schedule
+from groupwise.cli import run
+from groupwise.plan import configure, load, lr_rows, lr_schedule, main, plot_lr_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = str(ROOT / "configs" / "lenet.yaml")
@@ -21,12 +23,16 @@ HALVING = [
 ]  # fmt: skip
 
 
+TINY_FAST = ["--model.net.init_args.widths", "[8, 16, 16]", "--model.net.init_args.stem_width", "8"]
+
+
 def test_lenet_schedule_from_the_real_scheduler_without_data(tmp_path):
     missing = tmp_path / "no-data"
     cli = load(["--config", LENET, *HALVING, "--data.data_dir", str(missing)])
-    optimizer, scheduler, frequency = configure(cli.model)
-    assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR) and frequency == 1
-    assert lr_schedule(optimizer, scheduler, 4) == {
+    setup = configure(cli)
+    assert isinstance(setup.scheduler, torch.optim.lr_scheduler.MultiStepLR)
+    assert setup.steps_per_epoch == 1
+    assert lr_schedule(setup.optimizer, setup.scheduler, 4) == {
         "features": [0.01, 0.005, 0.0025, 0.0025],
         "classifier": [0.1, 0.05, 0.025, 0.025],
     }
@@ -36,8 +42,8 @@ def test_lenet_schedule_from_the_real_scheduler_without_data(tmp_path):
 def test_resnet18_schedule_four_groups_and_rows(tmp_path):
     cli = load(["--config", RESNET18, "--data.data_dir", str(tmp_path)])
     assert cli.trainer.max_epochs == 200
-    optimizer, scheduler, frequency = configure(cli.model)
-    schedule = lr_schedule(optimizer, scheduler, cli.trainer.max_epochs, frequency)
+    setup = configure(cli)
+    schedule = lr_schedule(setup.optimizer, setup.scheduler, cli.trainer.max_epochs)
     assert list(schedule) == ["backbone", "backbone.no_decay", "head", "head.no_decay"]
     for lrs in schedule.values():
         assert len(lrs) == 200
@@ -66,12 +72,65 @@ def test_rows_are_the_runs_without_a_change():
     ]
 
 
-def test_plateau_scheduler_has_no_plan(tmp_path):
-    cli = load(
-        ["--config", LENET, "--model.scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"]
+def test_plateau_scheduler_has_no_plan_said_in_one_line(tmp_path, capsys):
+    args = ["--config", LENET, "--model.scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--data.data_dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "plan.py: error: ReduceLROnPlateau follows a validation metric: it has no plan\n"
     )
-    with pytest.raises(ValueError, match="ReduceLROnPlateau"):
-        configure(cli.model)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_the_plan_of_every_shipped_config(config, tmp_path, capsys):
+    """No data yet: CIFAR-10's 50,000 training images are counted (what a download brings)."""
+    main(["--config", str(ROOT / "configs" / config), "--data.data_dir", str(tmp_path / "none")])
+    out = capsys.readouterr().out
+    assert "parameter groups:" in out
+    assert "learning rate per group" in out
+    if config == "fast.yaml":  # per-step: 45,000 images in batches of 128, 12 epochs
+        assert "per-step schedule: 352 optimizer steps per epoch (45,000 training images" in out
+        # step 0: 0.001 of the peak lrs (weights 0.1, norm 0.4); epoch 1 starts at step 352
+        # of a warm-up of round(0.2 * 4224) = 845 steps: 0.001 + 0.999 * 352 / 845
+        assert re.search(r"\n0\s+0\s+0.0004\s+0.0001\n", out)
+        factor = 0.001 + 0.999 * 352 / 845
+        assert re.search(rf"\n1\s+352\s+{0.4 * factor:g}\s+{0.1 * factor:g}\n", out)
+        assert re.search(r"\n11\s+3,872\s", out) and "\n12 " not in out
+
+
+def test_the_plan_counts_the_steps_the_trainer_makes_and_gives_its_lrs(data_dir, tmp_path, capsys):
+    """The fast recipe on the 60 fake training images in batches of 8, 2 epochs: the plan's
+    per-step lrs are the ones the real run logs."""
+    args = ["--config", str(ROOT / "configs" / "fast.yaml")] + quick(
+        data_dir, tmp_path, "--data.batch_size", "8", "--trainer.max_epochs", "2", *TINY_FAST
+    )
+    fit = run(["fit", *args])
+    assert fit.trainer.estimated_stepping_batches == 16
+    setup = configure(load(args))
+    assert setup.steps_per_epoch == 8 and setup.train_images == 60
+    assert setup.scheduler.total_steps == 16
+    planned = lr_schedule(setup.optimizer, setup.scheduler, 16)
+    logged = scalars(Path(fit.trainer.log_dir))
+    for group in ("norm", "weights"):
+        assert [v for _, v in logged[f"lr-SGD/{group}"]] == pytest.approx(planned[group], rel=1e-6)
+
+
+def test_the_plan_of_a_one_cycle_schedule_with_its_total_steps(tmp_path, capsys):
+    args = ["--config", str(ROOT / "configs" / "fast.yaml"), "--data.data_dir", str(tmp_path)]
+    one_cycle = ["--model.scheduler", "torch.optim.lr_scheduler.OneCycleLR"]
+    one_cycle += ["--model.scheduler.init_args.max_lr", "0.1"]
+    one_cycle += ["--model.scheduler.init_args.total_steps", "4224"]
+    main([*args, *one_cycle, "--epochs", "2", "--png", str(tmp_path / "plan.png")])
+    out = capsys.readouterr().out
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in (0.4, 0.1)]
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, [0.4, 0.1], total_steps=4224)
+    for _ in range(352):
+        optimizer.step(), reference.step()
+    norm, weights = reference.get_last_lr()
+    assert re.search(rf"\n1\s+352\s+{norm:g}\s+{weights:g}\n", out)
+    assert (tmp_path / "plan.png").is_file()
 
 
 def test_plot_is_a_png_with_one_line_per_group(tmp_path):

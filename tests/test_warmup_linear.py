@@ -1,5 +1,6 @@
 """WarmupLinearLR: each group's own lr times a per-step factor, linear warm-up then linear
-decay; its length set by hand or, left ``None``, by the Classifier from the trainer.
+decay (torch's SequentialLR of two LinearLRs); its length set by hand or, left ``None``,
+filled by the Classifier from the trainer.
 
 Factors below are computed by hand: with ``W = round(warmup_fraction * total_steps)`` warm-up
 steps, step ``k`` has factor ``start + (1 - start) * k / W`` for ``k < W``, then
@@ -9,6 +10,7 @@ steps, step ``k`` has factor ``start + (1 - start) * k / W`` for ``k < W``, then
 import io
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from cli_run import ROOT, quick, scalars
 
 from groupwise.cli import run
+from groupwise.optim.schedule_length import fill_length
 from groupwise.optim.warmup_linear import WarmupLinearLR
 
 FAST = str(ROOT / "configs" / "fast.yaml")
@@ -68,17 +71,19 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("given", ["at construction", "after construction"])
+@pytest.mark.parametrize("given", ["by hand", "left empty, filled from the run's length"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_each_group_lr_is_its_own_lr_times_the_hand_computed_factor(case, given):
     total, fraction, start, end, factors = case
     optimizer = sgd()
-    if given == "at construction":
+    if given == "by hand":
         scheduler = WarmupLinearLR(optimizer, total, fraction, start, end)
-    else:  # as the Classifier does: total_steps None, then set before the first step
-        scheduler = WarmupLinearLR(optimizer, None, fraction, start, end)
-        assert group_lrs(optimizer) == pytest.approx([start * lr for lr in LRS])
-        scheduler.set_total_steps(total)
+    else:  # as the Classifier builds it: total_steps None, the run's length filled in
+        configured = partial(WarmupLinearLR, total_steps=None, warmup_fraction=fraction)
+        configured = partial(configured, start_factor=start, end_factor=end)
+        filled = fill_length(configured, total, "step")
+        assert filled == {"total_steps": total}
+        scheduler = configured(optimizer, **filled)
     assert scheduler.total_steps == total
     lrs = walk(scheduler, len(factors))
     for step, (factor, (low, high)) in enumerate(zip(factors, lrs, strict=True)):
@@ -89,13 +94,26 @@ def test_each_group_lr_is_its_own_lr_times_the_hand_computed_factor(case, given)
             assert high / low == pytest.approx(64.0, rel=1e-12), step  # the ratio holds
 
 
-def test_no_warmup_starts_at_the_peak_even_when_the_length_comes_later():
+def test_is_torchs_sequential_lr_of_two_linear_lrs():
+    """The same lrs at every step, to rounding (torch's LinearLR multiplies step by step)."""
     optimizer = sgd()
-    scheduler = WarmupLinearLR(optimizer, total_steps=None, warmup_fraction=0.0)
-    scheduler.set_total_steps(4)
-    assert group_lrs(optimizer) == list(LRS) == scheduler.get_last_lr()
-    optimizer.step(), scheduler.step()
-    assert group_lrs(optimizer) == pytest.approx([0.75 * lr for lr in LRS])
+    scheduler = WarmupLinearLR(optimizer, 10, 0.3, 0.1, 0.0)
+    reference_optimizer = sgd()
+    reference = torch.optim.lr_scheduler.SequentialLR(
+        reference_optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(reference_optimizer, 0.1, 1.0, 3),
+            torch.optim.lr_scheduler.LinearLR(reference_optimizer, 1.0, 0.0, 7),
+        ],
+        [3],
+    )
+    ours, torchs = walk(scheduler, 12), walk(reference, 12)
+    assert [pytest.approx(lrs, rel=1e-12, abs=1e-15) for lrs in ours] == torchs
+
+
+def test_without_a_length_outside_the_classifier_is_a_clear_error():
+    with pytest.raises(ValueError, match=re.escape("WarmupLinearLR needs total_steps")):
+        WarmupLinearLR(sgd())
 
 
 @pytest.mark.parametrize(
@@ -113,13 +131,7 @@ def test_no_warmup_starts_at_the_peak_even_when_the_length_comes_later():
 )
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        WarmupLinearLR(sgd(), **kwargs)
-
-
-def test_set_total_steps_rejects_a_non_positive_length():
-    scheduler = WarmupLinearLR(sgd())
-    with pytest.raises(ValueError, match=re.escape("got 0")):
-        scheduler.set_total_steps(0)
+        WarmupLinearLR(sgd(), **{"total_steps": 10} | kwargs)
 
 
 def test_state_dict_round_trip_mid_run_continues_with_identical_lrs():
@@ -135,8 +147,7 @@ def test_state_dict_round_trip_mid_run_continues_with_identical_lrs():
     # Rebuilt as the Classifier rebuilds it on resume: length from the (new) trainer first,
     # then Lightning loads the optimizer and scheduler states; the saved length wins.
     optimizer2 = sgd()
-    scheduler2 = WarmupLinearLR(optimizer2, None, warmup, start_factor=0.2, end_factor=0.1)
-    scheduler2.set_total_steps(99)
+    scheduler2 = WarmupLinearLR(optimizer2, 99, warmup, start_factor=0.2, end_factor=0.1)
     optimizer2.load_state_dict(saved["optimizer"])
     scheduler2.load_state_dict(saved["scheduler"])
     assert scheduler2.total_steps == total and scheduler2.last_epoch == 5
@@ -162,7 +173,7 @@ def fast(data_dir: Path, root: Path, *extra: str) -> list[str]:
 
 def test_per_step_length_is_the_trainers_optimizer_steps_and_lrs_follow(data_dir, tmp_path):
     extra = ["--data.batch_size", "8", "--trainer.max_epochs", "2"]
-    fit = run(fast(data_dir, tmp_path, *extra, "--lr_monitor.logging_interval", "step"))
+    fit = run(fast(data_dir, tmp_path, *extra))  # lrs logged at the schedule's own interval
     total = 2 * math.ceil(60 / 8)  # 2 epochs of 8 batches (7 of 8 images, one of 4)
     scheduler = fit.trainer.lr_scheduler_configs[0].scheduler
     assert isinstance(scheduler, WarmupLinearLR)
@@ -180,6 +191,13 @@ def test_per_step_length_is_the_trainers_optimizer_steps_and_lrs_follow(data_dir
         assert list(values) == pytest.approx([lr * f for f in factors], rel=1e-6), tag
     norms, weights = ([value for _, value in logged[f"lr-SGD/{g}"]] for g in ("norm", "weights"))
     assert [n / w for n, w in zip(norms, weights, strict=True)] == pytest.approx([64.0] * 16)
+
+
+def test_a_logging_interval_the_user_sets_wins_over_the_schedules(data_dir, tmp_path):
+    extra = ["--trainer.max_epochs", "2", "--lr_monitor.logging_interval", "epoch"]
+    fit = run(fast(data_dir, tmp_path, *extra))
+    logged = scalars(Path(fit.trainer.logger.log_dir))
+    assert [step for step, _ in logged["lr-SGD/weights"]] == [0, 3]  # 3 steps per epoch
 
 
 def test_per_epoch_length_is_max_epochs(data_dir, tmp_path):

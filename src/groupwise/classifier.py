@@ -7,22 +7,37 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
+    SETTINGS_KEY,
     check_group_layout,
+    check_optimizer_settings,
     check_state_dict,
     group_layout,
+    group_options,
+    length_change,
+    optimizer_settings,
     saved_layout,
+    scheduler_arguments,
+    settings_differences,
 )
-from groupwise.checkpoint.io import load_checkpoint_file
-from groupwise.optim.param_groups import build_param_groups, describe, format_table
+from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
+from groupwise.errors import ConfigError
+from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
+from groupwise.optim.param_groups import (
+    build_param_groups,
+    describe,
+    format_table,
+    parameter_names,
+)
+from groupwise.optim.schedule_length import check_length as check_length_against_run
+from groupwise.optim.schedule_length import fill_length, run_length
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
-from groupwise.optim.warmup_linear import WarmupLinearLR
 
 
 class Classifier(LightningModule):
@@ -61,6 +76,16 @@ class Classifier(LightningModule):
             This and the parameters' conversion of ``channels_last`` happen in
             ``configure_model``, which a ``Trainer`` calls; a model used without one
             (e.g. straight after ``load_from_checkpoint``) is neither converted nor compiled.
+        extend_schedule: continue a resumed run (``--ckpt_path``) over a new length, e.g.
+            more epochs. Without it, a schedule length that comes from the trainer and
+            differs from the checkpoint's is an error, like any other change of the
+            optimizer or scheduler settings. With it, a ``WarmupLinearLR`` whose
+            ``total_steps`` comes from the trainer is stretched (``WarmupLinearLR.stretch``):
+            a warm-up still in progress finishes as planned, then the lr falls linearly from
+            its value at the resumed step (the peak, if it was still warming up) to the end
+            value at the new last step. A schedule whose length does not come from the
+            trainer (``MultiStepLR``'s milestones) goes on as it is, with or without it.
+            Nothing else may differ from the checkpoint.
     """
 
     def __init__(
@@ -77,6 +102,7 @@ class Classifier(LightningModule):
         tta_flip: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        extend_schedule: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the saved hparams are the config (class paths and init args),
@@ -94,10 +120,17 @@ class Classifier(LightningModule):
         self.tta_flip = tta_flip
         self.channels_last = channels_last
         self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
+        self.extend_schedule = extend_schedule
         self._net_compiled = False
+        # the optimizer and scheduler settings of this run (written into each checkpoint),
+        # and those of the checkpoint a fit resumes from (checked in configure_optimizers)
+        self._settings: dict[str, Any] | None = None
+        self._resumed: dict[str, Any] | None = None  # settings and scheduler state
+        self._stretch_to: int | None = None  # extend_schedule: the new length
         # average="micro": the fraction of images classified right. torchmetrics' default
         # ("macro", the mean of per-class recalls) differs from it on unbalanced batches.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False in training: its label check (torch.unique) syncs a GPU every step.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -124,7 +157,7 @@ class Classifier(LightningModule):
         images, labels = batch
         logits = self._logits(images, tta)
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"the net returned logits of shape {tuple(logits.shape)}; expected "
                 f"(batch, {self.num_classes}): set the net's number of classes to "
                 f"model.num_classes={self.num_classes}"
@@ -136,8 +169,22 @@ class Classifier(LightningModule):
         # update, not a call: calling the metric would also compute this batch's accuracy,
         # which nothing reads; the epoch's value is computed once when it is logged.
         self.train_acc.update(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
+        if self._writes_logs():
+            # Only on the steps whose values Lightning writes: self.log costs ~0.3 ms of
+            # bookkeeping per call, sync_dist an all-reduce, and prog_bar a host read (.item())
+            # after every batch (the progress bar shows the step's loss instead).
+            self.log("train/loss", loss, sync_dist=True)
         return loss
+
+    def _writes_logs(self) -> bool:
+        """Whether Lightning writes the values logged in this training step: after every
+        ``log_every_n_steps``-th optimizer step (``global_step`` counts the steps before
+        this one), after the step at which the run was told to stop, and every step under
+        ``fast_dev_run`` (its rule, in the private ``LoggerConnector.should_update_logs``)."""
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        due = every > 0 and ((self.global_step + 1) % every == 0 or trainer.should_stop)
+        return due or bool(trainer.fast_dev_run)
 
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch here rather than with on_epoch=True in every training_step:
@@ -196,48 +243,141 @@ class Classifier(LightningModule):
         groups = build_param_groups(self.net, self.param_groups, defaults, self.no_decay_split)
         return groups, defaults
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the named parameter groups."""
+        groups, _ = self.build_param_groups()
+        return self.optimizer(groups)
+
     def configure_optimizers(self) -> Any:
-        groups, defaults = self.build_param_groups()
-        optimizer = self.optimizer(groups)
+        optimizer = self.build_optimizer()
+        options = group_options(optimizer)  # as configured, before a scheduler changes them
         rank_zero_info(
             f"{type(optimizer).__name__} parameter groups:\n"
-            + format_table(describe(optimizer.param_groups, defaults))
+            + format_table(
+                describe(optimizer.param_groups, optimizer.defaults, parameter_names(self.net))
+            )
         )
         if self.scheduler is None:
+            self._check_resume(optimizer_settings(optimizer, options, None))
             return optimizer
-        scheduler = self.scheduler(optimizer)
-        check_milestones(scheduler)
-        check_interval(scheduler, self.scheduler_interval)
-        if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
-            scheduler.set_total_steps(self._run_length())
+        length = run_length(self.trainer, self.scheduler_interval)
+        scheduler, from_trainer = self._build_scheduler(optimizer, length)
+        arguments = scheduler_arguments(scheduler, options, from_trainer)
+        self._check_resume(optimizer_settings(optimizer, options, arguments))
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def _run_length(self) -> int:
-        """Scheduler steps in the whole run: optimizer steps (all epochs, after DDP sharding
-        and gradient accumulation) for ``scheduler_interval: step``, else epochs."""
-        if self.scheduler_interval == "step":
-            steps = self.trainer.estimated_stepping_batches
-        else:
-            steps = self.trainer.max_epochs if self.trainer.max_epochs != -1 else float("inf")
-        if steps == float("inf") or steps is None:
-            needs = (
-                "trainer.max_epochs or trainer.max_steps"
-                if self.scheduler_interval == "step"
-                else "trainer.max_epochs (scheduler_interval: epoch counts epochs)"
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, length: int | None, check_length: bool = True
+    ) -> Any:
+        """The configured scheduler on ``optimizer`` (``None`` if there is none), given the
+        run's ``length`` in scheduler steps (``None``: no finite length): a length argument
+        left empty is filled with it and one given is checked against it
+        (``groupwise.optim.schedule_length``); scalar bounds of OneCycleLR / CyclicLR are
+        scaled per group (``groupwise.optim.group_bounds``).
+
+        The CLI also builds a throwaway optimizer and scheduler before ``fit`` starts
+        (``check_length=False``: the trainer, and so the run's length, does not exist yet),
+        so a bad group or schedule stops the run before any run directory is made."""
+        if self.scheduler is None:
+            return None
+        return self._build_scheduler(optimizer, length, check_length)[0]
+
+    def _build_scheduler(
+        self, optimizer: torch.optim.Optimizer, length: int | None, check_length: bool = True
+    ) -> tuple[Any, list[str]]:
+        """``build_scheduler``'s scheduler, and the names of its arguments filled from the
+        run's length."""
+        ratios = group_ratios(optimizer)
+        overrides = fill_length(self.scheduler, length, self.scheduler_interval)
+        scaled = scaled_bounds(self.scheduler, optimizer)
+        overrides |= scaled
+        scheduler = self.scheduler(optimizer, **overrides)
+        check_bounds(scheduler, ratios)
+        check_milestones(scheduler)
+        check_interval(scheduler, self.scheduler_interval)
+        if check_length:
+            check_length_against_run(scheduler, length, self.scheduler_interval)
+        return scheduler, sorted(overrides.keys() - scaled.keys())
+
+    def _check_resume(self, settings: dict[str, Any]) -> None:
+        """Keep this run's optimizer and scheduler settings; when resuming, stop (before any
+        state is loaded) if they differ from the checkpoint's: torch's ``load_state_dict``
+        would silently replace the config's group options and scheduler arguments. A
+        length from the trainer may differ with ``extend_schedule`` (see there)."""
+        self._settings = settings
+        resumed, self._resumed = self._resumed, None
+        if resumed is None:
+            return
+        saved, path = resumed["settings"], str(self.trainer.ckpt_path)
+        source = f"checkpoint {path}"
+        change = length_change(saved, settings)
+        if change is None:
+            check_optimizer_settings(saved, settings, source, path)
+            return
+        # The config with the checkpoint's length: what else differs?
+        name, saved_length, length = change
+        groups, _ = self.build_param_groups()
+        probe_optimizer = self.optimizer(groups)
+        options = group_options(probe_optimizer)
+        probe, _ = self._build_scheduler(probe_optimizer, saved_length, check_length=False)
+        same_length = optimizer_settings(
+            probe_optimizer, options, scheduler_arguments(probe, options, [name])
+        )
+        if not self.extend_schedule:  # raises: the length differs
+            only_length = not settings_differences(saved, same_length)
+            check_optimizer_settings(saved, settings, source, path, extend_hint=only_length)
+        check_optimizer_settings(saved, same_length, source, path)  # nothing but the length
+        self._stretch_to = self._checked_stretch(probe, resumed["scheduler_state"], length, path)
+
+    def _checked_stretch(self, probe: Any, state: dict[str, Any], length: int, path: str) -> int:
+        """``length`` if the saved schedule can be stretched to it (tried on ``probe``, a
+        copy of the scheduler with the checkpoint's state), else a ``CheckpointError``."""
+        name = type(probe).__name__
+        if not hasattr(probe, "stretch"):
+            raise CheckpointError(
+                f"extend_schedule: {name} cannot stretch the rest of its schedule (WarmupLinearLR"
+                f" can): resume {path} with its length, or start a new run from its weights: "
+                f"--model.init_weights {path}"
             )
-            raise ValueError(
-                f"WarmupLinearLR with total_steps: null needs a finite run: set {needs},"
-                " or give total_steps"
+        probe.load_state_dict(state)
+        if probe.last_epoch >= probe.total_steps:
+            raise CheckpointError(
+                f"extend_schedule: the schedule of checkpoint {path} has ended (step "
+                f"{probe.last_epoch} of {probe.total_steps}): there is nothing left to stretch; "
+                "to train on, start a new run from its weights with its own schedule: "
+                f"--model.init_weights {path}"
             )
-        return int(steps)
+        try:
+            probe.stretch(length)
+        except ValueError as error:
+            raise CheckpointError(f"extend_schedule: {error}") from None
+        return length
+
+    def on_train_start(self) -> None:
+        # After Lightning restored the scheduler's state (restore_training_state).
+        if self._stretch_to is not None:
+            scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+            before = scheduler.total_steps
+            start, factor = scheduler.stretch(self._stretch_to)
+            rank_zero_info(
+                f"extend_schedule: {type(scheduler).__name__} stretched from {before} to "
+                f"{self._stretch_to} steps: from step {start} each group's lr falls linearly "
+                f"from {factor:.6g} x its peak to {scheduler.end_factor:g} x its peak at step "
+                f"{self._stretch_to}"
+            )
+            self._stretch_to = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which parameter is in which group, by name: lets a resume check the layout.
         if self._trainer is not None and self.trainer.optimizers:
             checkpoint[LAYOUT_KEY] = group_layout(self.net, self.trainer.optimizers[0].param_groups)
+        # The optimizer's class, each group's configured options and the scheduler's
+        # arguments: lets a resume check that the config still asks for the same.
+        if self._settings is not None:
+            checkpoint[SETTINGS_KEY] = self._settings
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
@@ -246,3 +386,13 @@ class Classifier(LightningModule):
         saved = saved_layout(checkpoint)
         if resuming and checkpoint.get("optimizer_states") and saved is not None:
             check_group_layout(saved, group_layout(self.net, self.build_param_groups()[0]), source)
+        if resuming and checkpoint.get("optimizer_states"):
+            settings = checkpoint.get(SETTINGS_KEY)
+            schedulers = checkpoint.get("lr_schedulers") or [None]
+            self._resumed = settings and {"settings": settings, "scheduler_state": schedulers[0]}
+            if settings is None:
+                rank_zero_warn(
+                    f"{source} records no optimizer and scheduler settings (it predates "
+                    "them): whether this config's match it is not checked; the resume "
+                    "uses the checkpoint's"
+                )

@@ -6,7 +6,7 @@ the CLI's automatic ``configure_optimizers`` is turned off (it would make one an
 parameter group), and two callbacks are always present, each configurable from YAML under
 its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
 (``last.ckpt``, rewritten every epoch), ``lr_monitor`` (every named group's lr, momentum
-and weight decay once per epoch in TensorBoard), ``group_stats`` (each group's gradient
+and weight decay at the scheduler's own interval), ``group_stats`` (each group's gradient
 norm, parameter norm and update ratio every N steps) and ``confusion_matrix`` (an image
 at each validation end).
 
@@ -26,11 +26,15 @@ step, save ``last.ckpt``, exit with status 75"; the training loader is resumable
 A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
 default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
-gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set) and ``GroupPlan`` (the
-group table in the run directory and TensorBoard); and ``--ckpt_path last`` means the
-newest ``last.ckpt`` of an earlier run of this config in the directory where this run's
-checkpoints go (see ``groupwise.checkpoint.last``; Lightning's own ``"last"`` looks only in
-the new run's version directory, so a resume in a new process would silently start afresh).
+gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``GroupPlan`` (the
+group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's
+Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
+went, printed and in ``summary.txt``, at the end of fit, validate and test) and
+``RNGStateCheckpoint`` (every rank's random states in each checkpoint, restored on resume); and
+``--ckpt_path last`` means the newest ``last.ckpt`` of an earlier run of this config in the
+directory where this run's checkpoints go (see ``groupwise.checkpoint.last``; Lightning's
+own ``"last"`` looks only in the new run's version directory, so a resume in a new process
+would silently start afresh).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -48,16 +53,21 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from groupwise.callbacks.confusion_matrix import ConfusionMatrix
+from groupwise.callbacks.custom_scalars import CustomScalars
 from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.preemption import Preemption
 from groupwise.callbacks.progress_bar import ProgressBar
+from groupwise.callbacks.rng_state import RNGStateCheckpoint
+from groupwise.callbacks.run_summary import RunSummary
 from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
 from groupwise.checkpoint.last import RunConfig, pick_last
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
+from groupwise.errors import ConfigError, exit_on_user_error
+from groupwise.preflight import check_before_fit
 
 
 class GroupwiseCLI(LightningCLI):
@@ -91,7 +101,9 @@ class GroupwiseCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults(
             {
-                "lr_monitor.logging_interval": "epoch",
+                # None: Lightning logs each scheduler's lrs at its own interval (every
+                # log_every_n_steps with a per-step schedule); "epoch"/"step" force one
+                "lr_monitor.logging_interval": None,
                 "lr_monitor.log_momentum": True,
                 "lr_monitor.log_weight_decay": True,
             }
@@ -110,31 +122,70 @@ class GroupwiseCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
+        # Overrides a private LightningCLI method, on purpose (no public hook runs before it
+        # reads the file): Lightning's replaces the config's model by the checkpoint's saved
+        # hyperparameters. tests/test_lightning_private_api.py fails if Lightning stops
+        # calling it.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             load_checkpoint_file(ckpt_path)  # a clear error for a missing or broken file
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # read before the trainer is built: LightningCLI extends the configured list in place
+        # with the forced callbacks, and the Trainer with its default progress bar
+        user_callbacks = self.configured_callbacks()
+        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks)
+        if self.subcommand == "fit":  # before the trainer: nothing is written yet
+            check_before_fit(self.model, user_callbacks)
         trainer = super().instantiate_trainer(**kwargs)
+        if self.configured("trainer.sync_batchnorm") and trainer.world_size > 1:
+            check_sync_batchnorm(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks += [GroupPlan()]
+        trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
         bar = trainer.progress_bar_callback
-        user_callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks")
-        user_bar = any(isinstance(c, ProgressBarBase) for c in user_callbacks or [])
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
             trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()
         return trainer
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        config = self.config_init[subcommand]
+    def configured(self, key: str) -> Any:
+        """The instantiated config's value at ``key`` (e.g. ``trainer.callbacks``), under the
+        subcommand's namespace when there is one."""
+        return self.config_init.get(f"{self.subcommand}.{key}" if self.subcommand else key)
+
+    def configured_callbacks(self) -> list[Any]:
+        """The instantiated callbacks of the config's ``trainer.callbacks``."""
+        callbacks = self.configured("trainer.callbacks") or []
+        return list(callbacks) if isinstance(callbacks, list) else [callbacks]
+
+    def resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` of an earlier run of this config.
+        LightningCLI calls ``before_<subcommand>`` just before it reads the subcommand's
+        arguments (``ckpt_path`` among them) from ``config_init``."""
+        config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             current = RunConfig(self.model.hparams, self.datamodule.hparams, global_seed())
             config["ckpt_path"] = newest_last_checkpoint(
-                self.trainer, config["last_checkpoint"], current, type(self.datamodule), subcommand
+                self.trainer,
+                config["last_checkpoint"],
+                current,
+                type(self.datamodule),
+                self.subcommand,
             )
-        super()._run_subcommand(subcommand)
+
+    before_fit = before_validate = before_test = before_predict = resolve_last_checkpoint
+
+
+def check_sync_batchnorm(trainer: Trainer) -> None:
+    """Raise before any process starts where torch's SyncBatchNorm cannot run (it raises
+    "SyncBatchNorm layers only work with GPU modules" in every rank once DDP wraps the net)."""
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(
+            f"trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm runs on CUDA and"
+            f" XPU devices only, and this run has {trainer.world_size} CPU processes. Set it"
+            " to false (each process then normalises its own batch with its own statistics)."
+        )
 
 
 def config_paths(argv: list[str]) -> list[str]:
@@ -188,5 +239,6 @@ def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
 
 
 def main() -> None:
-    """The ``groupwise`` console script."""
-    run()
+    """The ``groupwise`` console script: a ``UserError`` prints one message and exits 2."""
+    with exit_on_user_error():
+        run()

@@ -1,9 +1,14 @@
 """The parameter-group plan of a config, without training: groups, and every group's lr by epoch.
 
-The model comes from the config through ``GroupwiseCLI`` with ``run=False`` (no data is read:
-the DataModule only touches files in ``prepare_data`` / ``setup``), and the learning rates
-come from stepping the config's real scheduler the way Lightning does, once per epoch.
-Run from the repository root:
+The model comes from the config through ``GroupwiseCLI`` with ``run=False`` (no image is
+decoded: the DataModule only reads images in ``prepare_data`` / ``setup``), and the learning
+rates come from stepping the config's real scheduler, built by ``Classifier.build_scheduler``
+as in ``fit``, the way Lightning does: once per epoch, or after every optimizer step for
+``scheduler_interval: step``. The run's length (which fills a scheduler length left empty)
+is Lightning's ``estimated_stepping_batches`` computed from the number of training images
+(counted in the files, or CIFAR-10's 50,000 when there is no data yet), the batch size, the
+number of devices, ``accumulate_grad_batches``, ``limit_train_batches``, ``max_epochs`` and
+``max_steps``. Run from the repository root:
 
     .venv/bin/python scripts/plan.py --config configs/resnet18.yaml --png docs/lr_plan.png
 
@@ -17,12 +22,13 @@ import argparse
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Trainer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
@@ -30,9 +36,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from groupwise.cli import GroupwiseCLI, run
-from groupwise.optim.param_groups import describe, format_table
+from groupwise.errors import ConfigError
+from groupwise.optim.param_groups import describe, format_table, parameter_names
 
-Schedule = dict[str, list[float]]  # group name -> lr at each epoch (0-based)
+Schedule = dict[str, list[float]]  # group name -> lr at each epoch (or step), 0-based
 
 
 def load(args: Sequence[str]) -> GroupwiseCLI:
@@ -44,45 +51,85 @@ def load(args: Sequence[str]) -> GroupwiseCLI:
         return run(list(args), run=False)
 
 
-def configure(model: LightningModule) -> tuple[Optimizer, LRScheduler | None, int]:
-    """The optimizer, epoch scheduler (or ``None``) and scheduler frequency (in epochs) of
-    ``model.configure_optimizers()``; needs no trainer."""
-    config = model.configure_optimizers()
-    if isinstance(config, Optimizer):
-        return config, None, 1
-    scheduler = config.get("lr_scheduler")
-    frequency = 1
-    if isinstance(scheduler, Mapping):
-        if scheduler.get("interval", "epoch") != "epoch":
-            raise ValueError(
-                f"the scheduler steps every {scheduler['interval']!r}; only an epoch "
-                "schedule can be planned without the data"
-            )
-        frequency = scheduler.get("frequency", 1)
-        scheduler = scheduler["scheduler"]
+@dataclass
+class Setup:
+    """What ``fit`` would build: the optimizer, the scheduler (or ``None``), the scheduler
+    steps per epoch (1 for an epoch schedule) and the training images an epoch reads."""
+
+    optimizer: Optimizer
+    scheduler: LRScheduler | None
+    steps_per_epoch: int
+    train_images: int | None = None
+
+
+def configure(cli: GroupwiseCLI) -> Setup:
+    """The optimizer and scheduler of ``cli``'s model as ``fit`` builds them (a length left
+    empty filled with the run's length), without a trainer run or decoded images."""
+    model = cli.model
+    optimizer = model.build_optimizer()
+    if model.scheduler is None:
+        return Setup(optimizer, None, 1)
+    trainer = cli.trainer
+    endless = trainer.max_epochs in (None, -1)
+    images = per_epoch = None
+    if model.scheduler_interval == "step":  # as Trainer.estimated_stepping_batches
+        images = cli.datamodule.num_train_images()
+        per_epoch = optimizer_steps_per_epoch(trainer, images, cli.datamodule.batch_size)
+        steps = [] if endless else [per_epoch * trainer.max_epochs]
+        steps += [] if trainer.max_steps == -1 else [trainer.max_steps]
+        length = min(steps, default=None)
+    else:
+        length = None if endless else trainer.max_epochs
+    scheduler = model.build_scheduler(optimizer, length)
     if isinstance(scheduler, ReduceLROnPlateau):
-        raise ValueError("ReduceLROnPlateau follows a validation metric: it has no plan")
-    return config["optimizer"], scheduler, frequency
+        raise ConfigError("ReduceLROnPlateau follows a validation metric: it has no plan")
+    return Setup(optimizer, scheduler, per_epoch or 1, images)
+
+
+def optimizer_steps_per_epoch(trainer: Trainer, images: int, batch_size: int) -> int:
+    """Lightning's optimizer steps per epoch, from the number of training images: each of
+    the ``world_size`` ranks reads ``ceil(images / world_size)`` of them (its
+    ``DistributedSampler``), in batches of ``batch_size`` (the last one smaller), limited
+    by ``limit_train_batches``; an optimizer step every ``accumulate_grad_batches``."""
+    batches = math.ceil(math.ceil(images / trainer.world_size) / batch_size)
+    limit = trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    return math.ceil(batches / trainer.accumulate_grad_batches)
 
 
 def lr_schedule(
-    optimizer: Optimizer, scheduler: LRScheduler | None, epochs: int, frequency: int = 1
+    optimizer: Optimizer, scheduler: LRScheduler | None, steps: int, frequency: int = 1
 ) -> Schedule:
-    """Every group's lr at each of ``epochs`` epochs, stepping ``scheduler`` as Lightning does
-    (after epoch ``e`` when ``(e + 1) % frequency == 0``). Changes the optimizer's lrs."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    """Every group's lr at each of ``steps`` scheduler points (epochs, or optimizer steps for
+    a per-step schedule), stepping ``scheduler`` as Lightning does (after point ``i`` when
+    ``(i + 1) % frequency == 0``). Changes the optimizer's lrs."""
+    if steps < 1:
+        raise ConfigError(f"epochs must be at least 1, got {steps}")
     names = [group.get("name", f"pg{i}") for i, group in enumerate(optimizer.param_groups)]
     schedule: Schedule = {name: [] for name in names}
     with warnings.catch_warnings():
         # No training, so no optimizer.step() before scheduler.step(): torch warns about it.
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-        for epoch in range(epochs):
-            if scheduler is not None and epoch and epoch % frequency == 0:
+        for step in range(steps):
+            if scheduler is not None and step and step % frequency == 0:
                 scheduler.step()
             for name, group in zip(names, optimizer.param_groups, strict=True):
                 schedule[name].append(float(group["lr"]))
     return schedule
+
+
+def epoch_rows(schedule: Schedule, steps_per_epoch: int) -> list[dict[str, Any]]:
+    """One row per epoch of a per-step schedule: ``epoch``, its first ``step`` and each
+    group's lr at that step; for ``format_table``."""
+    steps = len(next(iter(schedule.values())))
+    return [
+        {
+            "epoch": step // steps_per_epoch,
+            "step": step,
+            **{n: v[step] for n, v in schedule.items()},
+        }
+        for step in range(0, steps, steps_per_epoch)
+    ]
 
 
 def lr_rows(schedule: Schedule) -> list[dict[str, Any]]:
@@ -111,14 +158,19 @@ def change_epochs(schedule: Schedule) -> list[int]:
     ]
 
 
-def plot_lr_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
+def plot_lr_schedule(
+    schedule: Schedule, path: str | Path, title: str = "", steps_per_epoch: int = 1
+) -> Path:
     """Save a PNG of each group's lr (log scale) against epoch, changes marked; return path.
 
-    Groups with the same schedule overlap: each is drawn thinner than the ones it covers,
-    so all their colours stay visible.
+    ``schedule`` holds one lr per epoch, or with ``steps_per_epoch > 1`` one per optimizer
+    step (drawn as a line over fractional epochs). Groups with the same schedule overlap:
+    each is drawn thinner than the ones it covers, so all their colours stay visible.
     """
-    epochs = len(next(iter(schedule.values())))
-    changes = change_epochs(schedule)
+    points = len(next(iter(schedule.values())))
+    epochs = points / steps_per_epoch
+    per_step = steps_per_epoch > 1
+    changes = [] if per_step else change_epochs(schedule)
     figure = Figure(figsize=(7, 3.8), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -126,7 +178,11 @@ def plot_lr_schedule(schedule: Schedule, path: str | Path, title: str = "") -> P
     for index, (name, lrs) in enumerate(schedule.items()):
         hidden_by = sum(_same(lrs, other) for other in curves[index + 1 :])
         width = 2 + 2 * hidden_by
-        axes.step(range(epochs + 1), [*lrs, lrs[-1]], where="post", linewidth=width, label=name)
+        if per_step:
+            x = [step / steps_per_epoch for step in range(points)]
+            axes.plot(x, lrs, linewidth=width, label=name)
+        else:
+            axes.step(range(points + 1), [*lrs, lrs[-1]], where="post", linewidth=width, label=name)
     for epoch in changes:
         axes.axvline(epoch, color="0.6", linestyle=":", linewidth=1)
     axes.set_yscale("log")
@@ -135,7 +191,8 @@ def plot_lr_schedule(schedule: Schedule, path: str | Path, title: str = "") -> P
         axes.set_yticks(list(ticks.values()), list(ticks))
         axes.yaxis.set_minor_locator(NullLocator())
     axes.set_xlim(0, epochs)
-    axes.set_xticks(sorted({0, *changes, epochs}))
+    if not per_step:
+        axes.set_xticks(sorted({0, *changes, points}))
     axes.set_xlabel("epoch")
     axes.set_ylabel("learning rate")
     axes.set_title(title or "learning rate per group")
@@ -181,18 +238,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(parser.format_help())  # then LightningCLI prints its own help and exits
     with quiet_lightning():
         cli = load(cli_args)
-        optimizer, scheduler, frequency = configure(cli.model)
+        try:
+            setup = configure(cli)
+        except (ValueError, FileNotFoundError) as error:  # the config's, said in one line
+            parser.error(str(error))
     epochs = cli.trainer.max_epochs if options.epochs is None else options.epochs
-    if epochs < 0:
+    if epochs is None or epochs < 0:
         parser.error("trainer.max_epochs is -1 (no limit): give --epochs")
-    # initial_lr is the scheduler's bookkeeping, not an option of the group.
-    groups = [{k: v for k, v in g.items() if k != "initial_lr"} for g in optimizer.param_groups]
+    optimizer, per_epoch = setup.optimizer, setup.steps_per_epoch
     print(f"{type(optimizer).__name__} parameter groups:")
-    print(format_table(describe(groups, optimizer.defaults)))
-    schedule = lr_schedule(optimizer, scheduler, epochs, frequency)
-    print(f"\nlearning rate per group over {epochs} epochs (0-based):")
-    print(format_table(lr_rows(schedule)))
+    names = parameter_names(cli.model.net)
+    print(format_table(describe(optimizer.param_groups, optimizer.defaults, names)))
+    schedule = lr_schedule(optimizer, setup.scheduler, epochs * per_epoch)
+    if per_epoch > 1:
+        print(
+            f"\nper-step schedule: {per_epoch:,} optimizer steps per epoch ({setup.train_images:,}"
+            f" training images in batches of {cli.datamodule.batch_size} on"
+            f" {cli.trainer.world_size} device(s))"
+        )
+        print(f"learning rate per group at the first step of each of {epochs} epochs (0-based):")
+        print(format_table(epoch_rows(schedule, per_epoch)))
+    else:
+        print(f"\nlearning rate per group over {epochs} epochs (0-based):")
+        print(format_table(lr_rows(schedule)))
     if options.png:
         configs = " + ".join(Path(str(c)).name for c in cli.config.get("config") or [])
         title = f"{configs}: learning rate per group" if configs else ""
-        print(f"\nwrote {plot_lr_schedule(schedule, options.png, title)}")
+        print(f"\nwrote {plot_lr_schedule(schedule, options.png, title, per_epoch)}")

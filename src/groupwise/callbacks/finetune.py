@@ -45,8 +45,13 @@ after see ``None``.
 BatchNorm: the running statistics are buffers, updated by the forward pass, not by the
 optimizer. With ``train_bn=False`` the batch-norm layers whose parameters all lie in
 frozen groups are put in eval mode for the training epochs in which they are frozen (their
-running statistics stay as they were and they normalise with them). Norm layers without
-parameters (``affine=False``) belong to no group and are left alone.
+running statistics stay as they were and they normalise with them), and back in train mode
+at the start of the epoch their group unfreezes. That switch back is this callback's job:
+Lightning sets no train mode per training epoch (a module starts in train mode, and the
+evaluation loops only restore the modes they found, ``_ModuleMode`` in
+lightning/pytorch/utilities/model_helpers.py). A resumed run starts with every layer in
+train mode and puts in eval mode only the layers still frozen at the resumed epoch. Norm
+layers without parameters (``affine=False``) belong to no group and are left alone.
 
 YAML::
 
@@ -66,18 +71,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from groupwise.optim.param_groups import NO_DECAY_SUFFIX
-
-
-def group_name(group: Mapping[str, Any], index: int) -> str:
-    """A group's ``name``, or ``pg<index>`` (Lightning's name for an unnamed group)."""
-    return group.get("name", f"pg{index}")
+from groupwise.errors import ConfigError, did_you_mean
+from groupwise.optim.param_groups import NO_DECAY_SUFFIX, group_name
 
 
 def matching_groups(
     param_groups: Sequence[Mapping[str, Any]], name: str
 ) -> list[Mapping[str, Any]]:
-    """The groups called ``name`` or ``<name>.no_decay``; a ``ValueError`` naming the groups
+    """The groups called ``name`` or ``<name>.no_decay``; a ``ConfigError`` naming the groups
     that exist if there is none."""
     found = [
         group
@@ -86,8 +87,9 @@ def matching_groups(
     ]
     if not found:
         names = [group_name(group, index) for index, group in enumerate(param_groups)]
-        raise ValueError(
-            f"no optimizer parameter group named {name!r}; the groups are {names} "
+        raise ConfigError(
+            f"no optimizer parameter group named {name!r}{did_you_mean(name, names)}; the"
+            f" groups are {names} "
             f"(a name also selects its '<name>{NO_DECAY_SUFFIX}' half)"
         )
     return found
@@ -110,7 +112,7 @@ def set_group_lr(optimizer: torch.optim.Optimizer, name: str, lr: float) -> list
     should rescale from the new value.
     """
     if lr < 0:
-        raise ValueError(f"lr must be non-negative, got {lr}")
+        raise ConfigError(f"lr must be non-negative, got {lr}")
     groups = matching_groups(optimizer.param_groups, name)
     for group in groups:
         group["lr"] = lr
@@ -133,13 +135,13 @@ class FreezeGroups(Callback):
         train_bn: keep training the batch-norm layers of frozen groups (their running
             statistics update in the forward pass, as Lightning's ``train_bn=True``);
             ``False`` puts the batch-norm layers whose parameters are all frozen in eval
-            mode while they are frozen.
+            mode while they are frozen, and back in train mode when they unfreeze.
     """
 
     def __init__(self, frozen: dict[str, int], train_bn: bool = True) -> None:
         for name, epochs in frozen.items():
             if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-                raise ValueError(
+                raise ConfigError(
                     f"FreezeGroups: the epochs group {name!r} stays frozen must be an integer"
                     f" >= 0, got {epochs!r}"
                 )
@@ -147,6 +149,8 @@ class FreezeGroups(Callback):
         self.train_bn = train_bn
         # id(param) -> number of epochs frozen; built from the optimizers at fit start.
         self._epochs_frozen: dict[int, int] = {}
+        # the batch-norm layers this callback put in eval mode (train_bn=False)
+        self._in_eval: list[nn.Module] = []
 
     def frozen_epochs(self, param_groups: Sequence[Mapping[str, Any]]) -> list[int]:
         """For each group of an optimizer, the number of epochs it stays frozen (0: none).
@@ -162,10 +166,16 @@ class FreezeGroups(Callback):
                 epochs.append(0)
         return epochs
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+    def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
+        """A ``ConfigError`` for a name in ``frozen`` that is no group of ``param_groups``
+        (the CLI calls this before ``fit`` makes its run directory)."""
         for name in self.frozen:
-            matching_groups(groups, name)  # a clear error for a name that is no group
+            matching_groups(param_groups, name)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.check_param_groups(
+            [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        )
         self._epochs_frozen = {}
         for optimizer in trainer.optimizers:
             epochs = self.frozen_epochs(optimizer.param_groups)
@@ -192,9 +202,14 @@ class FreezeGroups(Callback):
             return
         # Lightning's evaluation loop restores each module's train/eval mode afterwards
         # (``_ModuleMode`` in lightning/pytorch/loops/evaluation_loop.py), so this holds for
-        # the whole training epoch.
-        for module in frozen_norms(pl_module.modules(), self, trainer.current_epoch):
+        # the whole training epoch; and nothing else switches these layers back to train.
+        frozen = frozen_norms(pl_module.modules(), self, trainer.current_epoch)
+        for module in self._in_eval:
+            if not any(module is f for f in frozen):
+                module.train()
+        for module in frozen:
             module.eval()
+        self._in_eval = frozen
 
 
 def frozen_norms(

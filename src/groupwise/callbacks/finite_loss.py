@@ -6,11 +6,20 @@ by which time ``last.ckpt`` may already hold the diverged weights. This callback
 the training loss of every step and raises; no checkpoint is written after a bad loss,
 so the last good one stays on disk.
 
-Reading a GPU loss on the host waits for the GPU, so on accelerators the check stays on
-the device (a flag and the index of the first bad step, no host read) and the host reads
-it only every ``check_every_n_steps`` steps, before validation, at the end of each epoch
-and of training, and before any checkpoint is written. On the CPU a host read costs
-nothing and every step is read at once.
+The check stays on the device: each step updates a flag and the index of the first bad
+step with tensor ops (on a GPU nothing waits). The host reads it on the logging steps
+(every ``check_every_n_steps``, by default the trainer's ``log_every_n_steps``, after the
+same optimizer steps at which Lightning writes the logged values, which read the device
+anyway), before validation, at the end of each epoch and of training, and before any
+checkpoint is written. The error names the first bad step, however many steps later it is
+read. The same holds on the CPU, where a read costs nothing but the rule is kept the same,
+so that the steps that read are the same on every device (``tests/test_host_sync.py``).
+
+Under DDP every rank reads its flag at the same steps and the decision is reduced across
+the ranks (``strategy.reduce_boolean_decision``): if any rank saw a bad loss, every rank
+raises at the same step with the same message, naming the earliest bad step and the rank
+that had it (a rank that raised alone would leave the others waiting in the next
+collective, with NCCL until its timeout).
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from groupwise.errors import ConfigError, UserError
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
@@ -30,13 +41,14 @@ class FiniteLossGuard(Callback):
     """Raise ``NonFiniteLossError`` naming the first bad step and every group's lr then.
 
     Args:
-        check_every_n_steps: steps between host reads of the device-side check; ``None``
-            reads every step on the CPU and every 50 steps on an accelerator.
+        check_every_n_steps: read the device-side check after every N-th optimizer step
+            (``trainer.global_step`` divisible by N); ``None``: the trainer's
+            ``log_every_n_steps`` (50 when that is 0).
     """
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         if check_every_n_steps is not None and check_every_n_steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"check_every_n_steps must be a positive integer or None, got {check_every_n_steps}"
             )
         self.check_every_n_steps = check_every_n_steps
@@ -44,6 +56,11 @@ class FiniteLossGuard(Callback):
         self._steps: list[tuple[int, int, int, list[tuple[str, float]]]] = []
         self._first_bad: torch.Tensor | None = None  # index into _steps, -1 while all finite
         self._bad_loss: torch.Tensor | None = None
+        self._read_at = -1  # the global step of the last read on a check step
+
+    def every(self, trainer: L.Trainer) -> int:
+        """The optimizer steps between two reads of the check."""
+        return self.check_every_n_steps or trainer.log_every_n_steps or 50
 
     def on_train_batch_end(
         self,
@@ -57,22 +74,18 @@ class FiniteLossGuard(Callback):
         if loss is None:
             return
         loss = loss.detach().float().sum()
-        step = (trainer.current_epoch, batch_idx, trainer.global_step, _lrs(trainer))
-        every = self.check_every_n_steps or (1 if loss.device.type == "cpu" else 50)
-        if every == 1:  # read now: the device-side flag would only add work
-            if not bool(torch.isfinite(loss)):
-                self._raise(trainer, step, loss.item())
-            return
         # the lrs of every pending step: a per-step schedule changes them between reads
         index = len(self._steps)
-        self._steps.append(step)
+        self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step, _lrs(trainer)))
         if self._first_bad is None or self._first_bad.device != loss.device:
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
             self._bad_loss = torch.zeros((), device=loss.device)
         first = ~torch.isfinite(loss) & (self._first_bad < 0)  # device ops: no host read
         self._first_bad = torch.where(first, index, self._first_bad)
         self._bad_loss = torch.where(first, loss, self._bad_loss)
-        if len(self._steps) >= every:
+        step = trainer.global_step  # counts this batch's step; unchanged while accumulating
+        if step % self.every(trainer) == 0 and step != self._read_at:
+            self._read_at = step
             self.check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -90,22 +103,31 @@ class FiniteLossGuard(Callback):
         self.check(trainer)  # raising here aborts the save before anything is written
 
     def check(self, trainer: L.Trainer) -> None:
-        """Read the device-side flag (one host read); raise if a step's loss was bad."""
+        """Read the device-side check (one host read, and under DDP one reduction across
+        the ranks); raise on every rank if any rank's loss was bad at a pending step."""
         if not self._steps:
             return
         first = int(self._first_bad)
-        if first < 0:
+        if not trainer.strategy.reduce_boolean_decision(first >= 0, all=False):
             self._steps.clear()
             return
-        self._raise(trainer, self._steps[first], self._bad_loss.item())
+        index, rank, loss = first, trainer.global_rank, float(self._bad_loss)
+        if trainer.world_size > 1:  # which rank saw it first: every rank picks the same
+            mine = torch.tensor([first, loss], dtype=torch.float64, device=self._bad_loss.device)
+            seen = trainer.strategy.all_gather(mine).view(-1, 2).tolist()
+            index, rank, loss = min(
+                (int(i), r, value) for r, (i, value) in enumerate(seen) if i >= 0
+            )
+        self._raise(trainer, self._steps[index], loss, rank if trainer.world_size > 1 else None)
 
-    def _raise(self, trainer: L.Trainer, step: tuple, loss: float) -> None:
+    def _raise(self, trainer: L.Trainer, step: tuple, loss: float, rank: int | None) -> None:
         epoch, batch_idx, global_step, lrs = step
         saved = [cb.last_model_path or cb.best_model_path for cb in trainer.checkpoint_callbacks]
         kept = ", ".join(p for p in saved if p) or "none written yet"
+        where = "" if rank is None else f" on rank {rank}"
         raise NonFiniteLossError(
             f"training loss is {loss} at epoch {epoch}, batch {batch_idx}, "
-            f"global step {global_step}; learning rates: "
+            f"global step {global_step}{where}; learning rates: "
             f"{', '.join(f'{name}={lr:g}' for name, lr in lrs)}. "
             f"Training stopped; the last good checkpoint is kept: {kept}. Try a lower lr for "
             "the groups above, gradient clipping (--trainer.gradient_clip_val), or fp32."

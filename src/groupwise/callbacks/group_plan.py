@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from groupwise.optim.param_groups import _cell, describe, format_table
+from groupwise.optim.param_groups import _cell, describe, format_table, parameter_names
 
 FILENAME = "param_groups.txt"
 TAG = "param_groups"
@@ -47,8 +47,11 @@ class GroupPlan(Callback):
         if not trainer.is_global_zero:
             return
         tables, markdown = [], []
+        # names relative to the module the groups were built on (the Classifier's ``net``),
+        # so that a tied weight is listed under the names its rules see
+        names = parameter_names(getattr(pl_module, "net", pl_module))
         for optimizer in trainer.optimizers:
-            rows = describe(optimizer.param_groups, optimizer.defaults)
+            rows = describe(optimizer.param_groups, optimizer.defaults, names)
             tables.append(format_table(rows))
             markdown.append(markdown_table(rows))
         if not tables:

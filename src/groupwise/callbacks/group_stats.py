@@ -1,13 +1,27 @@
 """Per-group gradient norm, parameter norm and update ratio in TensorBoard, every N steps.
 
-What Lightning lacks: ``LearningRateMonitor`` logs each named group's *settings* (lr,
-momentum, weight decay); nothing logs what each group's *step* did. ``GroupStats`` logs,
-for every named optimizer param group, every ``every_n_steps`` optimizer steps (at steps
-0, N, 2N, ... counted like ``trainer.global_step``):
+What the libraries give, and what they lack:
+
+- Lightning's ``LearningRateMonitor`` logs each named group's *settings* (lr, momentum,
+  weight decay), not what its step did.
+- Lightning's ``lightning.pytorch.utilities.grad_norm(module, norm_type)`` (used from
+  ``on_before_optimizer_step``) gives the gradient norm of every *parameter* and one
+  *total* over the whole module: nothing per optimizer group, no parameter norms and no
+  update sizes, and it turns each parameter's norm into a Python number (one host sync per
+  parameter, ``torch.tensor`` of a list of tensors) on every call.
+- torch's ``torch.nn.utils.get_total_norm(tensors)`` computes the norm of a list of
+  tensors taken together (one fused ``_foreach_norm``, no host sync): used here for every
+  norm.
+
+So this callback keeps only the grouping and the two quantities nobody logs. For every
+named optimizer param group, every ``every_n_steps`` optimizer steps (at steps 0, N, 2N,
+... counted like ``trainer.global_step``):
 
 - ``groups/<group>/grad_norm``: L2 norm of the group's gradients, as the optimizer sees
   them: after backward and, under DDP, after the gradient all-reduce (so every rank has
-  the same value), after AMP unscaling, *before* gradient clipping;
+  the same value), after AMP unscaling, *before* gradient clipping; it equals the L2 norm
+  of the per-parameter norms ``grad_norm`` gives for the group's parameters, and the
+  groups' norms combine to its total (``tests/test_group_stats.py``);
 - ``groups/<group>/param_norm``: L2 norm of the group's parameters just before the step;
 - ``groups/<group>/update_ratio``: ``||w_after - w_before|| / ||w_before||`` of that step
   (lr times the update direction, relative to the weights; ~1e-3 is the usual healthy
@@ -34,12 +48,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.nn.utils import get_total_norm as _norm  # L2 norm of tensors taken together
 
+from groupwise.errors import ConfigError
+from groupwise.optim.param_groups import group_name
 
-def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm over a list of tensors taken together (float32 or wider)."""
-    norms = torch._foreach_norm([t.detach() for t in tensors])
-    return torch.linalg.vector_norm(torch.stack(norms).float())
+STATS = ("grad_norm", "param_norm", "update_ratio")
 
 
 class GroupStats(Callback):
@@ -53,12 +67,16 @@ class GroupStats(Callback):
 
     def __init__(self, every_n_steps: int = 50, prefix: str = "groups") -> None:
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be a positive integer, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.prefix = prefix
         self._step: int | None = None  # the step being measured, between the two hooks
         self._before: list[dict[str, Any]] = []
         self.last_metrics: dict[str, float] = {}  # the latest logged values and their step
+
+    def tag(self, group: str, stat: str) -> str:
+        """The tag of one group's statistic (``stat`` is one of ``STATS``)."""
+        return f"{self.prefix}/{group}/{stat}"
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
@@ -73,7 +91,7 @@ class GroupStats(Callback):
             grads = [p.grad for p in params if p.grad is not None]
             self._before.append(
                 {
-                    "name": group.get("name", f"pg{index}"),
+                    "name": group_name(group, index),
                     "params": params,
                     "copies": [p.detach().clone() for p in params],
                     "grad_norm": _norm(grads) if grads else None,
@@ -94,11 +112,13 @@ class GroupStats(Callback):
             delta = _norm(
                 [p.detach() - c for p, c in zip(group["params"], group["copies"], strict=True)]
             )
-            base = f"{self.prefix}/{group['name']}"
-            names += [f"{base}/param_norm", f"{base}/update_ratio"]
+            names += [
+                self.tag(group["name"], "param_norm"),
+                self.tag(group["name"], "update_ratio"),
+            ]
             values += [param_norm, delta / param_norm]
             if group["grad_norm"] is not None:
-                names.append(f"{base}/grad_norm")
+                names.append(self.tag(group["name"], "grad_norm"))
                 values.append(group["grad_norm"])
         self._before = []
         metrics = dict(zip(names, torch.stack(values).tolist(), strict=True))  # one sync

@@ -1,5 +1,5 @@
 """Lightning's ``LearningRateMonitor``, safe for optimizers that have no weight decay and
-for runs without a logger."""
+for runs without a logger, and logging a run without a scheduler once per epoch."""
 
 from typing import Any
 
@@ -15,6 +15,10 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
     here such groups just log no weight decay. And it refuses a trainer without a logger
     (``--trainer.logger false``), which makes every such run fail here, where it is one of
     the default callbacks: here it then does nothing.
+    And with ``logging_interval=None`` (log at
+    each scheduler's own interval) it logs an optimizer without a scheduler both at every
+    epoch start and every ``log_every_n_steps`` steps, twice at the same step where they
+    meet; here such an optimizer's lrs, which nothing changes, are logged once per epoch.
     """
 
     def on_train_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
@@ -22,8 +26,11 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
             super().on_train_start(trainer, *args, **kwargs)
 
     def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_batch_start(trainer, *args, **kwargs)
+        if not trainer.loggers:
+            return
+        if self.logging_interval is None and not trainer.lr_scheduler_configs:
+            return  # no scheduler, no interval of its own: logged at each epoch start
+        super().on_train_batch_start(trainer, *args, **kwargs)
 
     def on_train_epoch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:

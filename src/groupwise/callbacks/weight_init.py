@@ -46,6 +46,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from groupwise.errors import ConfigError
 from groupwise.optim.param_groups import format_table
 
 Scheme = Literal[
@@ -147,7 +148,7 @@ class WeightInit(Callback):
         unused = [p for p in self.skip if not any(fnmatch.fnmatchcase(n, p) for n, _ in modules)]
         if unused:
             examples = [name for name, _ in modules if name.count(".") < 2]
-            raise ValueError(
+            raise ConfigError(
                 f"WeightInit: skip patterns {unused} match no module of the net; "
                 f"module names look like {examples[:12]}"
             )
@@ -184,7 +185,7 @@ class WeightInit(Callback):
     def _zero_last_norms(self, kept: Sequence[tuple[str, nn.Module]]) -> list[str]:
         blocks = [(n, m) for n, m in kept if type(m).__name__ in self.residual_blocks]
         if not blocks:
-            raise ValueError(
+            raise ConfigError(
                 f"WeightInit: zero_last_norm_in_residual found no module of the classes "
                 f"{self.residual_blocks} (outside skip); set residual_blocks to the class names "
                 f"of the net's residual blocks"
@@ -197,7 +198,7 @@ class WeightInit(Callback):
                 if isinstance(m, NORM_TYPES) and _has(m, "weight")
             ]
             if not norms:
-                raise ValueError(f"WeightInit: residual block {name!r} has no norm layer child")
+                raise ConfigError(f"WeightInit: residual block {name!r} has no norm layer child")
             child, last = norms[-1]
             nn.init.zeros_(last.weight)
             zeroed.append(f"{name}.{child}")

@@ -9,6 +9,7 @@ configured groups' names and learning rates. These checks name what differs inst
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,3 +102,192 @@ def check_state_dict(
             lines.append(f"  {label}: {items[:5]}{more}")
     lines.append("Use the model config the checkpoint was trained with (see its hparams).")
     raise CheckpointError("\n".join(lines))
+
+
+# ---- the optimizer's and scheduler's settings ----------------------------------------------
+
+SETTINGS_KEY = "optimizer_settings"
+# Scheduler state that is progress, not configuration (torch's LRScheduler and
+# ReduceLROnPlateau); keys starting with "_" are torch's internals and skipped too, except
+# SequentialLR's / ChainedScheduler's children and milestones.
+_PROGRESS = {"last_epoch", "verbose", "best", "num_bad_epochs", "cooldown_counter"}
+_CHILDREN = {"_schedulers": "schedulers", "_milestones": "milestones"}
+_ABSENT = "(not set)"
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain data that compares by value and loads with ``weights_only``:
+    tensors as numbers or lists, tuples as lists, a ``Counter`` (MultiStepLR's milestones)
+    as its sorted elements."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Counter):
+        return sorted(value.elements())
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def group_options(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
+    """Each group's name -> its options (lr, weight decay, momentum, betas, ...), read right
+    after the optimizer is built, before a scheduler changes or adds any."""
+    return {
+        g.get("name", f"pg{i}"): {k: plain(v) for k, v in g.items() if k not in ("params", "name")}
+        for i, g in enumerate(optimizer.param_groups)
+    }
+
+
+def scheduler_arguments(
+    scheduler: Any, options: Mapping[str, Mapping[str, Any]], from_trainer: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A built scheduler's class and arguments, from its ``state_dict`` without its progress:
+    ``{"class": ..., "args": {...}, "group_options": {...}, "from_trainer": [...]}``.
+
+    ``options`` are the groups' options before the scheduler was built: the group options the
+    scheduler itself adds (``OneCycleLR``'s ``max_lr``, ``CyclicLR``'s momenta) count as its
+    arguments; ``base_lrs`` only where they are not just the groups' lrs. ``from_trainer``
+    names the arguments the run filled in from the trainer (a length)."""
+    state = scheduler.state_dict()
+    lrs = [group["lr"] for group in options.values()]
+    args = {}
+    for key, value in state.items():
+        if key == "base_lrs" and plain(value) == lrs:
+            continue
+        if key in _PROGRESS or (key.startswith("_") and key not in _CHILDREN):
+            continue
+        args[_CHILDREN.get(key, key)] = value
+    if "schedulers" in args:  # SequentialLR / ChainedScheduler: each child's arguments
+        args["schedulers"] = [
+            {k: v for k, v in child.items() if k not in _PROGRESS and not k.startswith("_")}
+            for child in args["schedulers"]
+        ]
+    added = {
+        name: {k: v for k, v in group.items() if k not in options[name] and k != "initial_lr"}
+        for name, group in group_options(scheduler.optimizer).items()
+    }
+    return {
+        "class": qualified_name(type(scheduler)),
+        "args": plain(args),
+        "group_options": {name: opts for name, opts in added.items() if opts},
+        "from_trainer": sorted(from_trainer),
+    }
+
+
+def optimizer_settings(
+    optimizer: torch.optim.Optimizer,
+    options: Mapping[str, Mapping[str, Any]],
+    scheduler: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What a checkpoint records to check a resume against: the optimizer's class, each
+    group's options as built (``group_options``) and the scheduler (``scheduler_arguments``,
+    or ``None``)."""
+    return {
+        "optimizer": qualified_name(type(optimizer)),
+        "groups": {name: dict(opts) for name, opts in options.items()},
+        "scheduler": scheduler,
+    }
+
+
+def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One line per difference: what, the config's value, the checkpoint's value."""
+    lines = []
+
+    def differ(what: str, config: Any, checkpoint: Any) -> None:
+        if config != checkpoint:
+            lines.append(f"{what}: config {_show(config)}, checkpoint {_show(checkpoint)}")
+
+    same_optimizer = saved["optimizer"] == current["optimizer"]
+    differ("optimizer", current["optimizer"], saved["optimizer"])
+    for name, options in current["groups"].items():
+        saved_options = saved["groups"].get(name, {})
+        keys = [*options, *(k for k in saved_options if k not in options)]
+        for key in keys:
+            # another optimizer class has other options: compare only the ones both have
+            if same_optimizer or (key in options and key in saved_options):
+                differ(
+                    f"group {name}: {key}",
+                    options.get(key, _ABSENT),
+                    saved_options.get(key, _ABSENT),
+                )
+    old, new = saved["scheduler"], current["scheduler"]
+    if old is None or new is None or old["class"] != new["class"]:
+        differ("scheduler", new and new["class"], old and old["class"])
+        return lines
+    label = f"scheduler {new['class'].rsplit('.', 1)[-1]}"
+    for key in [*new["args"], *(k for k in old["args"] if k not in new["args"])]:
+        config, checkpoint = new["args"].get(key, _ABSENT), old["args"].get(key, _ABSENT)
+        if config != checkpoint:
+            config_text = _show(config) + (
+                " (from the trainer)" if key in new["from_trainer"] else ""
+            )
+            lines.append(f"{label}: {key}: config {config_text}, checkpoint {_show(checkpoint)}")
+    for name, options in new["group_options"].items():
+        for key, value in options.items():
+            differ(
+                f"{label}: group {name}: {key}",
+                value,
+                old["group_options"].get(name, {}).get(key, _ABSENT),
+            )
+    return lines
+
+
+def length_change(saved: Mapping[str, Any], current: Mapping[str, Any]) -> tuple | None:
+    """``(argument, checkpoint's value, config's value)`` when the scheduler is of the same
+    class and an argument the config's run filled from the trainer (a length) differs."""
+    old, new = saved["scheduler"], current["scheduler"]
+    if old is None or new is None or old["class"] != new["class"]:
+        return None
+    for name in new["from_trainer"]:
+        if old["args"].get(name) != new["args"].get(name):
+            return name, old["args"].get(name), new["args"][name]
+    return None
+
+
+def check_optimizer_settings(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    source: str,
+    path: str,
+    extend_hint: bool = False,
+) -> None:
+    """Raise ``CheckpointError`` listing every difference between the optimizer and scheduler
+    settings a checkpoint was trained with and those of this config, with the ways forward
+    (``extend_hint``: also ``--model.extend_schedule``, when only a length differs)."""
+    lines = settings_differences(saved, current)
+    if not lines:
+        return
+    new_run = (
+        "  - start a new run from its weights with these settings: "
+        f"--model.init_weights {path} instead of --ckpt_path"
+    )
+    ways = [new_run + ", or", EXTEND_HINT] if extend_hint else [new_run + "."]
+    raise CheckpointError(
+        "\n".join(
+            [
+                f"{source} was trained with other optimizer or scheduler settings than this "
+                "config has:",
+                *(f"  {line}" for line in lines),
+                "A resume loads the checkpoint's optimizer and scheduler states, which would "
+                "silently replace these settings. Either",
+                "  - resume the run exactly as it was saved: drop these changes (the run's "
+                "config.yaml holds its settings), or",
+                *ways,
+            ]
+        )
+    )
+
+
+EXTEND_HINT = (
+    "  - continue this run over the new length, the rest of its schedule stretched to end "
+    "there: --model.extend_schedule true."
+)
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)

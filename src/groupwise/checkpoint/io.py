@@ -10,6 +10,9 @@ What Lightning's ``TorchCheckpointIO`` lacks:
   space left, permission denied, quota) raises ``CheckpointSaveError`` naming the target
   file and the system's error, and leaves the previous file as it was: torch's zip writer
   itself turns an ``OSError`` from ``write`` into ``RuntimeError: unexpected pos 64 vs 0``.
+- Leftovers: a kill during a save leaves its temporary file (``.last.ckpt.tmp-<pid>``)
+  behind; the next successful save of the same file removes those of processes that are
+  no longer running (``remove_stale_temporaries``).
 - Loading: a truncated or foreign file surfaces as a low-level unpickling or zip error;
   here the error names the file and what it expected. ``weights_only=True`` is the
   default, so a checkpoint cannot run code when loaded.
@@ -26,8 +29,10 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from groupwise.errors import UserError, did_you_mean
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
@@ -73,6 +78,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
         _fsync_directory(path.parent)
+        remove_stale_temporaries(path)
 
     def load_checkpoint(
         self,
@@ -92,7 +98,9 @@ def load_checkpoint_file(
     checkpoint's other entries are looked at)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+        hint = did_you_mean(path.name, siblings)
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     try:
         checkpoint = torch.load(
             path, map_location=map_location, weights_only=weights_only, mmap=mmap
@@ -133,6 +141,32 @@ class _KeepWriteError:
 
     def flush(self) -> None:
         self.file.flush()
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries ``.<name>.tmp-<pid>`` beside ``path`` whose process is no
+    longer running (a save killed part-way); return them. A running process's temporary
+    (a save in progress) is kept, and so is every file on Windows, where there is no
+    side-effect-free liveness check."""
+    if os.name == "nt":
+        return []
+    prefix, removed = f".{path.name}.tmp-", []
+    for temporary in path.parent.iterdir():
+        pid = temporary.name[len(prefix) :]
+        if temporary.name.startswith(prefix) and pid.isdigit() and not _is_running(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

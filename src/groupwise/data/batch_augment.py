@@ -2,14 +2,21 @@
 
 torchvision's ``RandomCrop`` and ``RandomHorizontalFlip`` draw one random choice per
 call, so on a batch they crop or flip every image the same way; per-image randomness
-needs one call per image (a Python loop). These functions draw one choice per image
-and apply them all in a few tensor ops, which is what makes batched augmentation on
-the model's device cheap.
+needs one call per image (a Python loop). Here each image's crop and flip are keyed by
+(seed, epoch, image index) and applied to the whole batch in one gather, which is what
+makes batched augmentation on the model's device cheap.
+
+Nothing here reads a tensor on the host or makes a tensor from Python data once the
+batch is on the device (on a GPU each would be a host-device sync or a blocking copy in
+every training step): the per-image choices come from the batch's own index tensor, the
+(seed, epoch) part of their key is hashed in Python ints, and the mean and standard
+deviation are built once per device and kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +31,6 @@ def _check_batch(images: torch.Tensor) -> None:
         raise ValueError(f"expected a batch of shape (N, C, H, W), got {tuple(images.shape)}")
 
 
-def _randint(
-    high: int, n: int, device: torch.device, generator: torch.Generator | None
-) -> torch.Tensor:
-    """n integers in [0, high), drawn on the generator's device, returned on ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randint(high, (n,), generator=generator, device=gen_device).to(device)
-
-
-def crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad each image by ``padding`` and crop back to (H, W) at offset (dy[i], dx[i]),
-    each in ``[0, 2 * padding]``: output pixel (y, x) is padded pixel (y + dy, x + dx)."""
-    return crop_flip(images, dy, dx, None, padding)
-
-
 def crop_flip(
     images: torch.Tensor,
     dy: torch.Tensor,
@@ -45,8 +38,10 @@ def crop_flip(
     flip: torch.Tensor | None,
     padding: int,
 ) -> torch.Tensor:
-    """``hflip(crop(images, dy, dx, padding), flip)`` in one gather: a flipped image reads
-    its crop's columns right to left, so no flipped copy of the batch is made."""
+    """Zero-pad each image by ``padding``, crop back to (H, W) at offset (dy[i], dx[i]), each
+    in ``[0, 2 * padding]`` (output pixel (y, x) is padded pixel (y + dy, x + dx)), and flip
+    left-right the images where ``flip[i]`` is set (``None``: none), in one gather: a
+    flipped image reads its crop's columns right to left, so no flipped copy is made."""
     _check_batch(images)
     if flip is None and padding == 0:
         return images
@@ -63,49 +58,13 @@ def crop_flip(
     return out.view(n, c, h, w)
 
 
-def hflip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Flip left-right the images where the boolean ``flip[i]`` is set."""
-    _check_batch(images)
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
-
-
-def random_crop(
-    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Zero-pad each image by ``padding`` on all sides and crop back to (H, W) at an
-    independent random offset per image (like torchvision's ``RandomCrop(size, padding)``,
-    applied image by image).
-
-    The offset of image i is ``(dy[i], dx[i])`` with both uniform in ``[0, 2 * padding]``,
-    drawn as ``dy = randint(2p+1, (N,))`` then ``dx = randint(2p+1, (N,))`` from
-    ``generator``; output pixel (y, x) is padded pixel (y + dy, x + dx).
-    """
-    _check_batch(images)
-    if padding == 0:
-        return images
-    n = len(images)
-    dy = _randint(2 * padding + 1, n, images.device, generator)
-    dx = _randint(2 * padding + 1, n, images.device, generator)
-    return crop(images, dy, dx, padding)
-
-
-def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image left-right independently with probability 0.5.
-
-    Image i is flipped where ``rand(N)[i] < 0.5`` (one draw per image from ``generator``).
-    """
-    _check_batch(images)
-    gen_device = generator.device if generator is not None else images.device
-    flip = torch.rand(len(images), generator=generator, device=gen_device).to(images.device) < 0.5
-    return hflip(images, flip)
-
-
 _MASK32 = 0xFFFFFFFF
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in
-    [0, 2**32). The multipliers are below 2**31, so no product overflows int64."""
+def _mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer hash (xorshift-multiply rounds) of int64 tensors or Python ints
+    holding values in [0, 2**32), the same bits for both. The multipliers are below 2**31,
+    so no product overflows int64."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
     x = x ^ (x >> 15)
@@ -119,9 +78,8 @@ def keyed_bits(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
     Counter-based rather than drawn from a generator's stream: the bits of an image do not
     depend on which batch, rank or process it lands in, or on what was drawn before it.
     """
-    base = _mix32(torch.tensor(seed & _MASK32, dtype=torch.int64, device=indices.device))
-    base = _mix32(base ^ (epoch & _MASK32))
-    return _mix32(base ^ (indices.to(torch.int64) & _MASK32))
+    base = _mix32(_mix32(seed & _MASK32) ^ (epoch & _MASK32))  # Python ints: no tensor made
+    return _mix32((indices.to(torch.int64) & _MASK32) ^ base)
 
 
 def keyed_crop_flip(
@@ -145,8 +103,24 @@ def normalize(
 ) -> torch.Tensor:
     """uint8 images in [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel.
 
-    Same arithmetic as torchvision's ``ToDtype(float32, scale=True)`` then ``Normalize``.
+    Same arithmetic as torchvision's ``ToDtype(float32, scale=True)`` then ``Normalize``,
+    with ``mean`` and ``std`` as tensors kept per device: torchvision's ``normalize`` builds
+    them from the Python lists on every call (on a GPU, a blocking host-to-device copy).
     """
     _check_batch(images)
     scaled = TF.to_dtype(images, torch.float32, scale=True)
-    return TF.normalize(scaled, mean=list(mean), std=list(std), inplace=True)  # our copy
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), images.device)
+    return TF.normalize(scaled, mean=mean_t, std=std_t, inplace=True)  # our copy
+
+
+@lru_cache(maxsize=16)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 tensors on ``device``, made once per device."""
+    if not all(std):
+        raise ValueError(f"std must have no zero, got {list(std)}")
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device),
+        torch.tensor(std, dtype=torch.float32, device=device),
+    )

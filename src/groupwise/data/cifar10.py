@@ -19,12 +19,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, Subset, TensorDataset
 
 from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
 from groupwise.data.cifar10_files import (
     CIFAR10NotFoundError,
     Split,
+    count_images,
     ensure_data,
     has_split,
     load_split,
@@ -32,6 +33,7 @@ from groupwise.data.cifar10_files import (
 )
 from groupwise.data.per_sample import PerSampleDataset
 from groupwise.data.resumable_loader import ResumableDataLoader
+from groupwise.errors import ConfigError
 
 # the init args that may hold a transform object (see ``CIFAR10DataModule.__init__``)
 _TRANSFORM_ARGS = ("train_transform", "eval_transform")
@@ -78,6 +80,11 @@ def global_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    """``randperm(n)`` from a generator seeded with ``seed``: the same on every machine."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
 def pass_through_collate(batch: Any) -> Any:
     """Collate for :class:`BatchTensorDataset`: the batch is already stacked."""
     return batch
@@ -97,7 +104,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_size: Images per batch, for every loader.
         num_workers: DataLoader worker processes; 0 (load in the main process) is fastest
             here, since a batch is one tensor index.
-        seed: Seed of the train/validation split only (not of shuffling or augmentation).
+        seed: Seed of the train/validation split and of the fixed order of the validation
+            and test images (a seeded permutation, so any prefix is a uniform sample); not
+            of shuffling or augmentation.
         augment: Random crop (zero padding ``crop_padding``) and horizontal flip of training
             batches, on the batched path (ignored when ``train_transform`` is given).
         cache: Cache the decoded images in ``<data_dir>/.groupwise_cache/``.
@@ -149,7 +158,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"crop_padding must be an int >= 0 (pixels of zero padding of the random"
                 f" crop; 0 for flip only), got {crop_padding!r}"
             )
@@ -216,6 +225,10 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: the seed is the new run's ``seed_everything``."""
+    def num_train_images(self) -> int:
+        """Images in an epoch of training (the training split less ``val_size``), counted
+        from the files without decoding (``cifar10_files.count_images``)."""
+        return count_images(self.data_dir, "train") - self.val_size
 
     # ---- Lightning's data hooks --------------------------------------------------------
 
@@ -247,13 +260,14 @@ class CIFAR10DataModule(L.LightningDataModule):
     def _setup_train(self, split: Split) -> None:
         n = len(split.labels)
         if not 0 <= self.val_size < n:
-            raise ValueError(
+            raise ConfigError(
                 f"val_size must be in [0, {n}) for {n} training images, got {self.val_size}"
             )
-        generator = torch.Generator().manual_seed(self.seed)
-        perm = torch.randperm(n, generator=generator)
-        # sorted: gathers in memory order; the train loader shuffles anyway
-        self.val_indices = perm[: self.val_size].sort().values
+        perm = seeded_permutation(n, self.seed)
+        # validation keeps the permutation's order: image-folder files come grouped by class,
+        # and --trainer.limit_val_batches takes the first batches, which must be a uniform
+        # sample; training is sorted (gathers in memory order; its loader shuffles anyway)
+        self.val_indices = perm[: self.val_size]
         self.train_indices = perm[self.val_size :].sort().values
         self._classes = split.classes
         self.train_set = _dataset(
@@ -270,7 +284,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise RuntimeError(f"call setup({stage!r}) before asking for its dataloader")
         # a plain DataLoader with a RandomSampler (sub)class, so Lightning can swap in a
         # DistributedSampler under DDP; drop_last=False keeps every image
-        batched = isinstance(dataset, BatchTensorDataset)
+        base = dataset.dataset if isinstance(dataset, Subset) else dataset
+        batched = isinstance(base, BatchTensorDataset)
         # the training loader is resumable: a mid-epoch resume goes on with the next batch
         loader = ResumableDataLoader if shuffle else DataLoader
         return loader(
@@ -281,6 +296,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             collate_fn=pass_through_collate if batched else None,  # None: default_collate
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            # each iterator's seed (for its workers) is drawn from this generator: without
+            # one, every iterator created draws from torch's global generator, so how many
+            # were created (a resume creates fewer) would shift the dropout masks after it
+            generator=torch.Generator().manual_seed(global_seed()),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -290,9 +309,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader(self.val_set, "validate", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", shuffle=False)
+        """The test split in a fixed seeded order (``seed``), so that any prefix of it
+        (``--trainer.limit_test_batches``) is a uniform sample, not the first classes."""
+        if self.test_set is None:
+            return self._loader(None, "test", shuffle=False)
+        order = seeded_permutation(len(self.test_set), self.seed).tolist()
+        return self._loader(Subset(self.test_set, order), "test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
+        """The test split in the files' order, so predictions line up with the files."""
         return self._loader(self.test_set, "predict", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from groupwise.data import safe_pickle
+from groupwise.errors import UserError
 
 Layout = Literal["python", "image_folder"]
 SplitName = Literal["train", "test"]
@@ -54,15 +55,15 @@ CACHE_FORMAT = 1  # bump when the cached payload changes meaning
 IMAGE_SHAPE = (3, 32, 32)
 
 
-class CIFAR10NotFoundError(FileNotFoundError):
+class CIFAR10NotFoundError(UserError, FileNotFoundError):
     """No CIFAR-10 data (or not the requested split) where it was looked for."""
 
 
-class CIFAR10DownloadError(RuntimeError):
+class CIFAR10DownloadError(UserError, RuntimeError):
     """Downloading or checking the official archive failed."""
 
 
-class CIFAR10FileError(ValueError):
+class CIFAR10FileError(UserError, ValueError):
     """A source file is unreadable, corrupt or has the wrong shape."""
 
 
@@ -461,6 +462,32 @@ def read_classes(data_dir: str | os.PathLike) -> list[str]:
     if layout == "image_folder":
         return _image_folder_classes(data_dir / "train")
     return list(CIFAR10_CLASSES)
+
+
+# the official number of images of each split: what a download brings
+CIFAR10_SIZES: dict[str, int] = {"train": 50_000, "test": 10_000}
+
+
+def count_images(data_dir: str | os.PathLike, split: SplitName) -> int:
+    """The number of images in ``split`` without decoding any: the image files of the
+    image-folder layout, the labels of the python layout's batch files; the official
+    CIFAR-10 size when ``data_dir`` holds no data yet (what a download would bring)."""
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    if layout == "python":
+        base = data_dir / PYTHON_DIR
+        return sum(len(_unpickle(base / name).get("labels", ())) for name in PYTHON_FILES[split])
+    if layout == "image_folder" and (data_dir / split).is_dir():
+        split_dir = data_dir / split
+        return sum(
+            1
+            for cls in _image_folder_classes(split_dir)
+            for name in os.listdir(split_dir / cls)
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    if layout is None:
+        return CIFAR10_SIZES[split]
+    raise CIFAR10NotFoundError(f"No {split} split in {data_dir}")
 
 
 def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True) -> Split:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from groupwise.errors import ConfigError
+
 
 class ConvNorm(nn.Sequential):
     """Convolution (no bias: the norm's shift replaces it), batch norm, ReLU."""
@@ -56,11 +58,11 @@ class FastNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f"widths must be three positive channel counts, got {widths}")
+            raise ConfigError(f"widths must be three positive channel counts, got {widths}")
         if stem_width < 1:
-            raise ValueError(f"stem_width must be a positive channel count, got {stem_width}")
+            raise ConfigError(f"stem_width must be a positive channel count, got {stem_width}")
         if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive number, got {num_classes}")
+            raise ConfigError(f"num_classes must be a positive number, got {num_classes}")
         stages, channels = [], stem_width
         for width in widths:
             stages.append(Stage(channels, width))

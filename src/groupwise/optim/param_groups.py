@@ -11,18 +11,27 @@ A rule is a dict as written in YAML::
 
 Semantics:
 - rules are tried in the order written; a parameter goes to the first rule that matches it
-  (by submodule prefix in ``modules`` or by ``fnmatch`` pattern on its name in ``params``);
+  (by submodule prefix in ``modules`` or by ``fnmatch`` pattern on its name in ``params``;
+  with both, a parameter must be in one of the ``modules`` and match one of the ``params``
+  patterns: ``{modules: [backbone], params: ["*.bias"]}`` is the backbone's biases);
+- a parameter shared by several modules (a tied weight) or a module registered under
+  several names is matched under every one of its names, by identity: it goes to the
+  first rule that matches any of them (``named_parameters()`` and ``named_modules()``
+  list each only under its first name, which is what they lack here);
 - trainable parameters no rule matches go to the group ``default`` (optimizer defaults);
 - frozen parameters (``requires_grad=False``) are left out;
 - ``lr_scale`` is resolved here into an absolute ``lr`` (defaults' lr times the scale), so no
   group carries a key that the optimizer or scheduler would silently ignore;
 - with ``no_decay_split`` each group's biases and norm parameters (``ndim <= 1``, as timm and
   nanoGPT do) go to ``<name>.no_decay`` with ``weight_decay=0``;
-- no empty group is returned, and every trainable parameter is in exactly one group.
+- no empty group is returned, and every trainable parameter is in exactly one group
+  (``check_partition``, by identity, naming a parameter by all of its names).
 
-Errors (``ParamGroupError``, a ``ValueError``) name the bad value and what would be valid:
+Errors (``ParamGroupError``, a ``ValueError``) name the bad value, the nearest valid name
+when it looks like a typo, and what would be valid:
 a rule that matches no parameter, an unknown module name, a duplicate or reserved group
-name, an option the optimizer does not take, ``lr`` together with ``lr_scale``.
+name, an option the optimizer does not take, ``lr`` together with ``lr_scale``, ``lr_scale``
+with an optimizer that has no default ``lr``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from typing import Any
 
 from torch import nn
 
+from groupwise.errors import ConfigError, did_you_mean
+
 DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = ".no_decay"
 # Keys of a rule that select parameters or name the group; every other key is an option.
@@ -41,7 +52,7 @@ RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale"})
 NO_DECAY_OPTIONS = {"weight_decay": 0.0}
 
 
-class ParamGroupError(ValueError):
+class ParamGroupError(ConfigError):
     """A parameter-group description that cannot be applied to the model."""
 
 
@@ -77,25 +88,25 @@ def build_param_groups(
     assigned: list[list[tuple[str, nn.Parameter]]] = [[] for _ in rules]
     unmatched: list[tuple[str, nn.Parameter]] = []
     frozen_hits = [0] * len(rules)
-    for pname, param in model.named_parameters():
-        index = next(
-            (i for i, rule in enumerate(rules) if _matches(pname, prefixes[i], rule)), None
-        )
+    for names, param in named_parameters_with_aliases(model):
+        index = _first_rule(names, rules, prefixes)
         if index is None:
             if param.requires_grad:
-                unmatched.append((pname, param))
+                unmatched.append((names[0], param))
         elif param.requires_grad:
-            assigned[index].append((pname, param))
+            assigned[index].append((names[0], param))
         else:
             frozen_hits[index] += 1
 
     groups: list[dict[str, Any]] = []
     for rule, opts, members, frozen in zip(rules, options, assigned, frozen_hits, strict=True):
         if not members and not frozen:
+            modules, params = list(rule.get("modules", [])), list(rule.get("params", []))
+            both = "; with both, a parameter must be in a listed module and match a pattern"
             raise ParamGroupError(
-                f"parameter group {rule['name']!r} matches no parameter "
-                f"(modules={list(rule.get('modules', []))}, params={list(rule.get('params', []))});"
-                f" parameter names look like {_examples(model)}"
+                f"parameter group {rule['name']!r} matches no parameter (modules={modules}, "
+                f"params={params}{both if modules and params else ''}); parameter names look "
+                f"like {_examples(model)}"
             )
         if not members:
             warnings.warn(
@@ -105,8 +116,22 @@ def build_param_groups(
             )
         groups += _split(rule["name"], members, opts, no_decay_split)
     groups += _split(DEFAULT_GROUP, unmatched, {}, no_decay_split)
-    _check_partition(model, groups)
+    check_partition(model, groups)
     return groups
+
+
+def named_parameters_with_aliases(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
+    """Each parameter of ``model`` once (by identity), with all of its names, in the order of
+    ``named_parameters()``; a tied weight has several (``["embed.weight", "head.weight"]``)."""
+    found: dict[int, tuple[list[str], nn.Parameter]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        found.setdefault(id(param), ([], param))[0].append(name)
+    return list(found.values())
+
+
+def parameter_names(model: nn.Module) -> dict[int, list[str]]:
+    """``id(parameter)`` -> all of its names in ``model`` (for ``describe``)."""
+    return {id(param): names for names, param in named_parameters_with_aliases(model)}
 
 
 def _check_names(rules: Sequence[Mapping[str, Any]]) -> None:
@@ -143,27 +168,34 @@ def _group_options(rule: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
     opts = {key: value for key, value in rule.items() if key not in RULE_KEYS}
     unknown = sorted(set(opts) - set(defaults))
     if unknown:
+        keys = ", ".join(f"{key!r}{did_you_mean(key, [*defaults, *RULE_KEYS])}" for key in unknown)
         raise ParamGroupError(
-            f"parameter group {rule['name']!r} sets {unknown}, which the optimizer does not "
-            f"take; valid options: {sorted(defaults)}"
+            f"parameter group {rule['name']!r} sets {keys}, which the optimizer does not take;"
+            f" valid options: {sorted(defaults)}, and the rule keys {sorted(RULE_KEYS)}"
         )
     if "lr_scale" in rule:
         if "lr" in rule:
             raise ParamGroupError(
                 f"parameter group {rule['name']!r} sets both 'lr' and 'lr_scale'; give one"
             )
+        if defaults.get("lr") is None:
+            raise ParamGroupError(
+                f"parameter group {rule['name']!r} sets lr_scale, but the optimizer has no "
+                f"default lr to scale (its lr is {defaults.get('lr')}); give the group an "
+                "'lr' instead"
+            )
         opts["lr"] = defaults["lr"] * float(rule["lr_scale"])
     return opts
 
 
 def _module_prefixes(model: nn.Module, rule: Mapping[str, Any]) -> list[str]:
-    names = dict(model.named_modules())
+    names = dict(model.named_modules(remove_duplicate=False))  # a module under every name
     prefixes = []
     for module_name in rule.get("modules", []):
         if module_name not in names:
             raise ParamGroupError(
-                f"parameter group {rule['name']!r}: unknown module {module_name!r}; "
-                f"modules that exist: {_module_listing(names)}"
+                f"parameter group {rule['name']!r}: unknown module {module_name!r}"
+                f"{did_you_mean(module_name, names)}; modules that exist: {_module_listing(names)}"
             )
         prefixes.append(f"{module_name}." if module_name else "")
     return prefixes
@@ -174,10 +206,30 @@ def _module_listing(names: Iterable[str], max_depth: int = 2) -> list[str]:
     return [name for name in names if name and name.count(".") < max_depth]
 
 
+def _first_rule(
+    names: Sequence[str], rules: Sequence[Mapping[str, Any]], prefixes: Sequence[Sequence[str]]
+) -> int | None:
+    """The index of the first rule that matches any of a parameter's names, if any."""
+    for index, rule in enumerate(rules):
+        if any(_matches(name, prefixes[index], rule) for name in names):
+            return index
+    return None
+
+
 def _matches(pname: str, prefixes: Sequence[str], rule: Mapping[str, Any]) -> bool:
-    return any(pname.startswith(prefix) for prefix in prefixes) or any(
-        fnmatch.fnmatchcase(pname, pattern) for pattern in rule.get("params", [])
-    )
+    """Whether the name is in one of the rule's modules and/or matches one of its patterns
+    (both, when the rule gives both)."""
+    patterns = rule.get("params", [])
+    in_module = any(pname.startswith(prefix) for prefix in prefixes)
+    matched = any(fnmatch.fnmatchcase(pname, pattern) for pattern in patterns)
+    if prefixes and patterns:
+        return in_module and matched
+    return in_module or matched
+
+
+def group_name(group: Mapping[str, Any], index: int) -> str:
+    """An optimizer group's ``name``, or ``pg<index>`` for an unnamed one."""
+    return group.get("name", f"pg{index}")
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
@@ -206,19 +258,33 @@ def _split(
     ]
 
 
-def _check_partition(model: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
-    """Every trainable parameter in exactly one group, checked by identity."""
-    seen: dict[int, str] = {}
+def check_partition(model: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
+    """Raise ``ParamGroupError`` unless every trainable parameter of ``model`` is in exactly one
+    group, checked by identity over every name of every parameter (a tied weight, reachable
+    under two names, in two groups or in none is caught and named by all of its names)."""
+    names = parameter_names(model)
+    owner: dict[int, str] = {}
     for group in groups:
         for param in group["params"]:
-            if id(param) in seen:
-                raise AssertionError(
-                    f"a parameter is in both {seen[id(param)]!r} and {group['name']!r}"
+            if id(param) in owner:
+                raise ParamGroupError(
+                    f"parameter {_aliases(names.get(id(param)))} is in two groups: "
+                    f"{owner[id(param)]!r} and {group['name']!r}"
                 )
-            seen[id(param)] = group["name"]
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+            owner[id(param)] = group["name"]
+    missing = [
+        _aliases(aliases)
+        for aliases, param in named_parameters_with_aliases(model)
+        if param.requires_grad and id(param) not in owner
+    ]
     if missing:
-        raise AssertionError(f"trainable parameters in no group: {missing}")
+        raise ParamGroupError(f"trainable parameters in no group: {missing}")
+
+
+def _aliases(names: Sequence[str] | None) -> str:
+    if not names:
+        return "(not a parameter of the model)"
+    return names[0] + (f" (also {', '.join(names[1:])})" if len(names) > 1 else "")
 
 
 def _examples(model: nn.Module, count: int = 5) -> list[str]:
@@ -226,10 +292,17 @@ def _examples(model: nn.Module, count: int = 5) -> list[str]:
 
 
 def describe(
-    param_groups: Sequence[Mapping[str, Any]], defaults: Mapping[str, Any]
+    param_groups: Sequence[Mapping[str, Any]],
+    defaults: Mapping[str, Any],
+    names: Mapping[int, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per optimizer group: name, tensors, parameters, lr, weight decay, momentum
-    (where the optimizer has them) and every other option that differs from the defaults."""
+    (where the optimizer has them) and every other optimizer option that differs from the
+    defaults (not the keys a scheduler adds to a group, such as ``initial_lr``).
+
+    A tensor is counted once however many names it has. With ``names`` (``parameter_names``
+    of the model) and a shared parameter in some group, a column ``tied`` lists each group's
+    shared parameters by all of their names (``embed.weight = head.weight``)."""
     shown = ["lr", "weight_decay", "weight_decay_l1", "weight_decay_l2", "momentum", "betas"]
     shown = [key for key in shown if key in defaults]
     shown += sorted(
@@ -237,18 +310,30 @@ def describe(
             key
             for group in param_groups
             for key, value in group.items()
-            if key not in (*shown, "name", "params") and value != defaults.get(key)
+            # options only: not what a scheduler keeps in a group (initial_lr, max_lr, ...)
+            if key in defaults and key not in shown and value != defaults[key]
         }
     )
-    return [
+    rows = [
         {
-            "name": group.get("name", f"pg{index}"),
+            "name": group_name(group, index),
             "tensors": len(group["params"]),
             "parameters": sum(p.numel() for p in group["params"]),
             **{key: group.get(key) for key in shown},
         }
         for index, group in enumerate(param_groups)
     ]
+    names = names or {}
+    tied = [
+        ", ".join(
+            " = ".join(names[id(p)]) for p in group["params"] if len(names.get(id(p), ())) > 1
+        )
+        for group in param_groups
+    ]
+    if any(tied):
+        for row, cell in zip(rows, tied, strict=True):
+            row["tied"] = cell
+    return rows
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -12,6 +12,8 @@ import warnings
 
 from torch.optim import lr_scheduler
 
+from groupwise.errors import ConfigError
+
 # Schedulers whose arguments are counted in epochs in the usual recipes.
 EPOCH_BASED = (
     lr_scheduler.MultiStepLR,
@@ -30,12 +32,12 @@ def check_milestones(scheduler: object) -> None:
     if any(count > 1 for count in counts.values()) or any(
         later <= earlier for earlier, later in zip(written, written[1:], strict=False)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"MultiStepLR milestones must be strictly increasing epochs, got {written}; "
             f"e.g. {sorted(set(written))}"
         )
     if written and written[0] < 0:
-        raise ValueError(f"MultiStepLR milestones must be >= 0, got {written}")
+        raise ConfigError(f"MultiStepLR milestones must be >= 0, got {written}")
 
 
 def check_interval(scheduler: object, interval: str) -> None:

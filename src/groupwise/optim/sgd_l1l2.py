@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from groupwise.errors import ConfigError
+
 NONNEGATIVE = ("lr", "momentum", "weight_decay_l1", "weight_decay_l2")
 
 
@@ -98,9 +100,9 @@ def _check_options(options: Mapping[str, Any]) -> None:
     """The checks of ``torch.optim.SGD``, applied to the defaults and to every group."""
     for key in NONNEGATIVE:
         if options[key] < 0.0:
-            raise ValueError(f"Invalid {key} value: {options[key]} (must be >= 0)")
+            raise ConfigError(f"Invalid {key} value: {options[key]} (must be >= 0)")
     if options["nesterov"] and (options["momentum"] <= 0 or options["dampening"] != 0):
-        raise ValueError(
+        raise ConfigError(
             "Nesterov momentum requires a momentum and zero dampening; got "
             f"momentum={options['momentum']}, dampening={options['dampening']}"
         )
