@@ -23,7 +23,7 @@ from groupwise.checkpoint.io import load_checkpoint_file
 # Settings that say where the data is and how it is read or the net is run, not what is
 # trained: a resume may change them (e.g. the data copied to a node's local disk).
 RUN_SETTINGS = {
-    "model": ("compile", "channels_last"),
+    "model": ("compile", "channels_last", "extend_schedule"),
     "data": ("data_dir", "download", "num_workers", "cache"),
 }
 
