@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -175,6 +176,21 @@ class GroupwiseCLI(LightningCLI):
             )
 
     before_fit = before_validate = before_test = before_predict = resolve_last_checkpoint
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """After a distributed run, every rank waits for the others and closes the process
+    group. Lightning leaves it open until the interpreter exits; where rank 0 hosts the
+    rendezvous store (SLURM, no torchrun agent), the rank that exits later then loses the
+    store under a running c10d thread and aborts ("terminate called without an active
+    exception", status -6) after a run that went well."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def check_sync_batchnorm(trainer: Trainer) -> None:

@@ -142,6 +142,10 @@ class _KeepWriteError:
     def flush(self) -> None:
         self.file.flush()
 
+    @property
+    def name(self) -> str:
+        return self.file.name
+
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete the temporaries ``.<name>.tmp-<pid>`` beside ``path`` whose process is no
