@@ -1,6 +1,7 @@
 """Callbacks that break a run on purpose or record what it did, added by tests through
 `--trainer.callbacks+=...`."""
 
+import builtins
 import io
 import json
 import os
@@ -66,14 +67,26 @@ class PoisonAtStep(Callback):
 
 class RecordRank(Callback):
     """Write, per rank, the training and validation indices fetched each epoch, the final
-    weights, the final metrics and the image count of the last validation confusion matrix
-    to ``<out>/rank<r>.pt``."""
+    weights, the final metrics, the image count of the last validation confusion matrix,
+    the node rank, the cluster environment's class and every checkpoint file this rank's
+    checkpoint plugin wrote to ``<out>/rank<r>.pt``."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.seen: dict[int, list[int]] = {}
         self.val_seen: dict[int, list[int]] = {}
         self._val_recorded = False
+        self.saves: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def recording(checkpoint, path, *args, **kwargs):
+            self.saves.append(str(path))
+            return save(checkpoint, path, *args, **kwargs)
+
+        io.save_checkpoint = recording
 
     def _record(self, trainer: L.Trainer, dataset, seen: dict[int, list[int]]) -> None:
         fetch = dataset.__getitems__
@@ -104,6 +117,9 @@ class RecordRank(Callback):
             "state_dict": state,
             "metrics": metrics,
             "confusion_total": [int(m.sum()) for m in matrices if m is not None],
+            "node_rank": trainer.node_rank,
+            "environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
+            "saves": self.saves,
         }
         torch.save(record, self.out / f"rank{trainer.global_rank}.pt")
 
@@ -131,6 +147,121 @@ class RecordTrainStart(Callback):
             "optimizer_state": sum(len(optimizer.state) for optimizer in trainer.optimizers),
             "scheduler_last_epoch": [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs],
         }
+
+
+class PauseCacheWrite(Callback):
+    """Make this process pause half-way through writing the decode cache, until the file
+    ``until`` exists (10 minutes at most). Patched when the callback is built (the CLI
+    builds callbacks before ``prepare_data`` decodes), so another process can run while
+    this one's cache file is half-written."""
+
+    def __init__(self, until: str) -> None:
+        save = torch.save
+
+        def paused(obj, f, *args, **kwargs):
+            if not (isinstance(obj, dict) and "fingerprint" in obj):  # not the cache payload
+                return save(obj, f, *args, **kwargs)
+            buffer = io.BytesIO()
+            save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            deadline = time.monotonic() + 600
+            while not Path(until).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            f.write(data[len(data) // 2 :])
+
+        torch.save = paused
+
+
+class _FillsUp:
+    """A file whose ``write`` fails with ``OSError(errno)`` once ``room`` bytes are written."""
+
+    def __init__(self, file, room: int, errno: int) -> None:
+        self.file, self.room, self.errno = file, room, errno
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(self.errno, os.strerror(self.errno))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+class FailSave(Callback):
+    """Make every save of ``last.ckpt`` from epoch ``epoch`` on fail with ``OSError(errno)``,
+    where the bytes are written: when its temporary file is opened (``at="open"``, e.g.
+    EACCES) or after 1000 bytes have been written to it (``at="write"``, e.g. ENOSPC)."""
+
+    def __init__(self, epoch: int, errno: int, at: str = "write") -> None:
+        self.epoch, self.errno, self.at = epoch, errno, at
+        self.open = builtins.open
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+
+        def failing_open(file, mode="r", *args, **kwargs):
+            if not Path(str(file)).name.startswith(".last.ckpt.tmp"):
+                return self.open(file, mode, *args, **kwargs)
+            if self.at == "open":
+                raise OSError(self.errno, os.strerror(self.errno), str(file))
+            return _FillsUp(self.open(file, mode, *args, **kwargs), 1000, self.errno)
+
+        builtins.open = failing_open
+
+    def teardown(self, *args, **kwargs) -> None:
+        builtins.open = self.open
+
+    on_exception = teardown  # Lightning calls no teardown hooks after an exception
+
+
+class SignalAt(Callback):
+    """Send this process ``signal`` (a name) as the training batch of global step ``step``
+    starts (``during="train"``), or as the first validation batch of epoch ``epoch`` starts
+    (``during="validation"``), once; writes the ``time.time()`` of sending to ``stamp``.
+    ``rank``: only on that global rank."""
+
+    def __init__(
+        self,
+        signal: str,
+        stamp: str,
+        step: int = 0,
+        epoch: int = 0,
+        during: str = "train",
+        rank: int | None = None,
+    ) -> None:
+        self.signum, self.stamp = globals()["signal"].Signals[signal], Path(stamp)
+        self.step, self.epoch, self.during, self.rank = step, epoch, during, rank
+        self.sent = False
+
+    def setup(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        self.sent = self.rank is not None and trainer.global_rank != self.rank
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            self.stamp.write_text(repr(time.time()))
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if self.during == "train" and trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        at_epoch = trainer.current_epoch == self.epoch and not trainer.sanity_checking
+        if self.during == "validation" and at_epoch:
+            self._send()
 
 
 class NaNBatchOnRank(Callback):

@@ -94,14 +94,14 @@ def malicious_checkpoint(path: Path, marker: Path) -> Path:
     ("command", "missing"),
     [
         (["validate", RESNET18, "--ckpt_path", "LAST"], "net.backbone.0.0.weight"),
-        (["validate", RESNET18, "--ckpt_path", "last"], "net.backbone.0.0.weight"),
         (
-            ["test", LENET, "--model.net", TORCHVISION_NET, "--ckpt_path", "last"],
+            ["test", LENET, "--model.net", TORCHVISION_NET, "--ckpt_path", "LAST"],
             "net.conv1.weight",
         ),
         (["fit", RESNET18, "--model.init_weights", "LAST"], "net.backbone.0.0.weight"),
     ],
-    ids=["validate-FILE", "validate-last", "test-torchvision-net", "fit-init_weights"],
+    # (`--ckpt_path last` takes only a run of this config: tests/test_ckpt_path_last.py)
+    ids=["validate-FILE", "test-torchvision-net", "fit-init_weights"],
 )
 def test_checkpoint_of_another_net_names_missing_and_unexpected_weights(
     root, data_dir, command, missing
@@ -235,17 +235,15 @@ LAYOUT_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("ckpt_path", ["FILE", "last"])
 @pytest.mark.parametrize("change", list(LAYOUT_ERRORS))
-def test_resume_with_other_param_groups_names_the_groups_on_each_side(
-    root, data_dir, change, ckpt_path
-):
+def test_resume_with_other_param_groups_names_the_groups_on_each_side(root, data_dir, change):
+    """(`--ckpt_path last` takes only a run of this config: tests/test_ckpt_path_last.py)"""
     before = snapshot(root)
     with pytest.raises(CheckpointError) as error:
         cli(
             "fit", LENET, data_dir, root,
             "--model.param_groups", GROUPS[change],
-            "--ckpt_path", str(root / LAST) if ckpt_path == "FILE" else "last",
+            "--ckpt_path", str(root / LAST),
             "--trainer.max_epochs", "3",
         )  # fmt: skip
     message = str(error.value)

@@ -1,4 +1,5 @@
-"""DDP on CPU (gloo, 2 processes) against one process, with the same global batch and seed.
+"""DDP on CPU (gloo) against one process, with the same global batch and seed; and the same
+DDP run launched as two nodes, by torchrun and by SLURM, on this one machine.
 
 60 training images, 20 validation images; one process takes batches of 20, each of the
 two DDP ranks batches of 10, so every optimizer step averages the same 20 images. The same
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import LENET, ROOT, groupwise, load, quick, scalars
+from cli_run import LENET, ROOT, groupwise, load, quick, scalars, srun, torchrun_nodes
 from fake_cifar import write_image_folder
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,8 @@ RUNS = {
     "fast_single": [FAST, *FAST_EPOCHS, "--data.batch_size", "20"],
     "fast_ddp": [FAST, *FAST_EPOCHS, "--data.batch_size", "10", *DDP],
 }
+TWO_NODES = ["--data.batch_size", "10", "--trainer.strategy", "ddp"]
+TWO_NODES += ["--trainer.num_nodes", "2", "--trainer.devices", "1"]
 
 
 def record(out: Path) -> str:
@@ -38,21 +41,61 @@ def record(out: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    data_dir = write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
-    results = {}
+def data(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("cifar"), n_per_class=8)
+
+
+def results(root: Path, ranks: Path) -> dict:
+    """What a run under ``root`` left: each rank's record (in ``ranks``), the TensorBoard
+    scalars, last.ckpt. Under SLURM the run directory is ``version_<job id>``."""
+    (run,) = (root / "lightning_logs").iterdir()
+    return {
+        "ranks": [load(path) for path in sorted(ranks.glob("rank*.pt"))],
+        "scalars": scalars(run),
+        "last": load(run / "checkpoints/last.ckpt"),
+        "run": run,
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory) -> dict:
+    found = {}
     for name, (config, *extra) in RUNS.items():
         root = tmp_path_factory.mktemp(name)
-        args = quick(data_dir, root, *extra, record(root / "ranks"))
+        args = quick(data, root, *extra, record(root / "ranks"))
         done = groupwise("fit", "--config", config, *args)
         assert done.returncode == 0, done.stderr[-4000:]
-        ranks = sorted((root / "ranks").glob("rank*.pt"))
-        results[name] = {
-            "ranks": [load(path) for path in ranks],
-            "scalars": scalars(root / "lightning_logs/version_0"),
-            "last": load(root / "lightning_logs/version_0/checkpoints/last.ckpt"),
-        }
-    return results
+        found[name] = results(root, root / "ranks")
+    return found
+
+
+def two_node_run(data: Path, root: Path, launch, environment: str) -> dict:
+    """The DDP run on two nodes started by ``launch`` (``torchrun_nodes`` or ``srun``), each
+    node with its own ``default_root_dir`` (``root/node0``, ``root/node1``) as on machines
+    that share no disk. One thread per process, as Lightning gives each of the two local
+    ranks on this 2-core machine: another thread count sums the convolutions in another
+    order (and so differs in the last bits)."""
+    args = quick(data, root / "node{node}", *EPOCHS, *TWO_NODES, record(root / "ranks"))
+    command = ["fit", "--config", LENET, *args]
+    for node, done in enumerate(launch(2, command, root, OMP_NUM_THREADS="1")):
+        assert done.returncode == 0, f"node {node}:\n{done.stderr[-4000:]}"
+    found = results(root / "node0", root / "ranks")
+    assert [rank["node_rank"] for rank in found["ranks"]] == [0, 1]
+    # Lightning's own cluster detection wired the ranks up
+    assert [rank["environment"] for rank in found["ranks"]] == [environment] * 2
+    return {**found, "root": root}
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(data, tmp_path_factory) -> dict:
+    return two_node_run(
+        data, tmp_path_factory.mktemp("torchrun"), torchrun_nodes, "TorchElasticEnvironment"
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_run(data, tmp_path_factory) -> dict:
+    return two_node_run(data, tmp_path_factory.mktemp("slurm"), srun, "SLURMEnvironment")
 
 
 def test_each_rank_sees_a_disjoint_half_of_the_training_data_each_epoch(runs):
@@ -95,6 +138,71 @@ def test_two_processes_match_one_process(runs):
         torch.testing.assert_close(ddp["last"]["state_dict"][key], value, atol=1e-5, rtol=1e-4)
     accuracy = [run["ranks"][0]["metrics"]["val/acc"] for run in (single, ddp)]
     assert abs(accuracy[0] - accuracy[1]) <= 1 / 20
+
+
+@pytest.mark.parametrize("launch", ["torchrun_run", "slurm_run"])
+def test_two_nodes_train_exactly_as_two_local_processes(runs, launch, request):
+    """Two torchrun agents (c10d rendezvous) or two SLURM tasks, one process per node: the
+    same images per rank and step, the same lrs and bit-identical weights as the two ranks
+    on one node that `--trainer.devices 2` starts."""
+    nodes, local = request.getfixturevalue(launch), runs["ddp"]
+    for got, want in zip(nodes["ranks"], local["ranks"], strict=True):
+        assert got["seen"] == want["seen"]
+        assert got["metrics"] == want["metrics"]
+    assert nodes["scalars"]["lr-SGD/features"] == local["scalars"]["lr-SGD/features"]
+    assert nodes["scalars"]["lr-SGD/classifier"] == local["scalars"]["lr-SGD/classifier"]
+    for key, value in local["last"]["state_dict"].items():
+        assert torch.equal(nodes["last"]["state_dict"][key], value), key
+
+
+@pytest.mark.parametrize("launch", ["torchrun_run", "slurm_run"])
+def test_two_nodes_write_one_run_directory_from_rank_zero_only(launch, request):
+    nodes = request.getfixturevalue(launch)
+    root = nodes["root"]
+    # node 1 never created its root directory: no logs, config or checkpoints there
+    assert not (root / "node1").exists()
+    run = nodes["run"]
+    assert list((root / "node0/lightning_logs").iterdir()) == [run]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    rank0, rank1 = nodes["ranks"]
+    assert rank1["saves"] == []
+    saved = {Path(p) for p in rank0["saves"]}
+    assert {p for p in (run / "checkpoints").iterdir()} <= saved
+    assert run / "checkpoints/last.ckpt" in saved
+
+
+def test_slurm_preemption_signal_stops_both_tasks_at_one_step_and_resumes_exactly(
+    data, tmp_path, slurm_run
+):
+    """SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`) reaching task 1 alone, as the batch of step 4
+    starts: both tasks finish that step, rank 0 writes last.ckpt, Lightning's SLURM
+    auto-requeue handler runs at that same boundary (its hpc checkpoint, `scontrol
+    requeue`, absent here), both exit 75; `--ckpt_path last` on both tasks then ends with
+    the weights of the run that never stopped. The tasks share one root directory, as on
+    a cluster's shared filesystem."""
+    spec = {
+        "class_path": "fault_injection.SignalAt",
+        "init_args": {"signal": "SIGUSR1", "stamp": str(tmp_path / "stamp"), "step": 4, "rank": 1},
+    }
+    args = ["fit", "--config", LENET, *quick(data, tmp_path / "root", *EPOCHS, *TWO_NODES)]
+    stopped = srun(
+        2, [*args, f"--trainer.callbacks+={json.dumps(spec)}"], tmp_path, OMP_NUM_THREADS="1"
+    )
+    assert [done.returncode for done in stopped] == [75, 75], stopped[0].stderr[-3000:]
+    assert "Preemption (SIGUSR1): saved" in stopped[0].stderr
+    assert "Requeuing SLURM job" in stopped[0].stderr  # Lightning's handler, at the boundary
+    (run,) = (tmp_path / "root/lightning_logs").iterdir()
+    assert load(run / "checkpoints/last.ckpt")["global_step"] == 5
+    (hpc,) = (tmp_path / "root").glob("hpc_ckpt_*.ckpt")
+    assert load(hpc)["global_step"] == 5
+
+    resumed = srun(2, [*args, "--ckpt_path", "last"], tmp_path, OMP_NUM_THREADS="1")
+    assert [done.returncode for done in resumed] == [0, 0], resumed[0].stderr[-3000:]
+    (second,) = set((tmp_path / "root/lightning_logs").iterdir()) - {run}
+    final = load(second / "checkpoints/last.ckpt")
+    assert final["global_step"] == 9
+    for key, value in slurm_run["last"]["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
 
 
 def test_train_loss_is_the_mean_over_ranks(runs):

@@ -162,9 +162,11 @@ def test_extend_schedule_changes_only_the_length(data_dir, tmp_path, change, mes
     schedule = warmup_linear(1 / 3)
     fit(data_dir, tmp_path, 3, *schedule)
     before = snapshot(tmp_path)
-    with pytest.raises(CheckpointError) as error:
-        fit(data_dir, tmp_path, 5, *schedule, *EXTEND, "--ckpt_path", "last", *change)
+    # the file by name: `--ckpt_path last` takes only a run of this config (another lr is
+    # another config, see test_ckpt_path_last.py)
     path = tmp_path / "lightning_logs/version_0" / LAST
+    with pytest.raises(CheckpointError) as error:
+        fit(data_dir, tmp_path, 5, *schedule, *EXTEND, "--ckpt_path", str(path), *change)
     assert message.format(path=path) in str(error.value).splitlines()
     assert_kept(tmp_path, before)
 

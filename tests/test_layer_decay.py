@@ -166,8 +166,10 @@ def test_resume_checks_the_expanded_groups(data_dir, tmp_path):
     args = quick(data_dir, tmp_path, "--trainer.max_epochs", "1", GROUPS)
     run(["fit", "--config", LENET, *args])
     again = quick(data_dir, tmp_path, "--trainer.max_epochs", "2")  # the shipped groups
+    # by path: --ckpt_path last takes only a run of the same config (other groups: a new run)
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError, match=r"groups removed: \['features.features.0'"):
-        run(["fit", "--config", LENET, *again, "--ckpt_path", "last"])
+        run(["fit", "--config", LENET, *again, "--ckpt_path", str(last)])
     resumed = run(["fit", "--config", LENET, *args[:-3], "--trainer.max_epochs", "2", GROUPS,
                    "--ckpt_path", "last"])  # fmt: skip
     assert resumed.trainer.global_step == 6

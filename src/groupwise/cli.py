@@ -20,6 +20,10 @@ the config's ``model`` section by the hyperparameters saved in the checkpoint, s
 groups, optimizer or net would be silently ignored; here the file is only checked to be a
 readable checkpoint, and the net and group-layout checks of ``Classifier`` then apply.
 
+A ``preemption`` callback (``Preemption``) turns SIGTERM and SIGUSR1 into "finish the
+step, save ``last.ckpt``, exit with status 75"; the training loader is resumable, so
+``--ckpt_path last`` continues at the next batch.
+
 A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
 default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
@@ -28,9 +32,10 @@ group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoar
 Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
 went, printed and in ``summary.txt``, at the end of fit, validate and test) and
 ``RNGStateCheckpoint`` (every rank's random states in each checkpoint, restored on resume); and
-``--ckpt_path last`` means the newest ``last.ckpt`` of any earlier run under the logger's
-directory (Lightning's own ``"last"`` looks only in the new run's version directory, so a
-resume in a new process would silently start afresh).
+``--ckpt_path last`` means the newest ``last.ckpt`` of an earlier run of this config in the
+directory where this run's checkpoints go (see ``groupwise.checkpoint.last``; Lightning's
+own ``"last"`` looks only in the new run's version directory, so a resume in a new process
+would silently start afresh).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
@@ -56,12 +62,14 @@ from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.preemption import Preemption
 from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.run_summary import RunSummary
-from groupwise.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
+from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+from groupwise.checkpoint.last import RunConfig, pick_last
 from groupwise.classifier import Classifier
-from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 from groupwise.errors import ConfigError, exit_on_user_error
 from groupwise.preflight import check_before_fit
 from groupwise.trainer import GroupwiseTrainer
@@ -96,6 +104,8 @@ class GroupwiseCLI(LightningCLI):
         # a forced callback, so Lightning orders it before the ModelCheckpoints: its checks at
         # epoch end and before validation run before they save
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss")
+        # on SIGTERM / SIGUSR1: finish the step, save last.ckpt, exit 75 (resumable)
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(GroupStats, "group_stats")
         parser.add_lightning_class_args(ConfusionMatrix, "confusion_matrix")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -160,14 +170,36 @@ class GroupwiseCLI(LightningCLI):
         return list(callbacks) if isinstance(callbacks, list) else [callbacks]
 
     def resolve_last_checkpoint(self) -> None:
-        """``--ckpt_path last``: the newest ``last.ckpt`` under the logger's directory.
+        """``--ckpt_path last``: the newest ``last.ckpt`` of an earlier run of this config.
         LightningCLI calls ``before_<subcommand>`` just before it reads the subcommand's
         arguments (``ckpt_path`` among them) from ``config_init``."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = newest_last_checkpoint(self.trainer) or "last"
+            current = RunConfig(self.model.hparams, self.datamodule.hparams, global_seed())
+            config["ckpt_path"] = newest_last_checkpoint(
+                self.trainer,
+                config["last_checkpoint"],
+                current,
+                type(self.datamodule),
+                self.subcommand,
+            )
 
     before_fit = before_validate = before_test = before_predict = resolve_last_checkpoint
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """After a distributed run, every rank waits for the others and closes the process
+    group. Lightning leaves it open until the interpreter exits; where rank 0 hosts the
+    rendezvous store (SLURM, no torchrun agent), the rank that exits later then loses the
+    store under a running c10d thread and aborts ("terminate called without an active
+    exception", status -6) after a run that went well."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def check_sync_batchnorm(trainer: Trainer) -> None:
@@ -192,14 +224,30 @@ def config_paths(argv: list[str]) -> list[str]:
     return paths
 
 
-def newest_last_checkpoint(trainer: Trainer) -> str | None:
-    """The most recently written ``last.ckpt`` under the logger's directory, if any."""
-    root = Path(trainer.logger.root_dir if trainer.logger else trainer.default_root_dir)
-    found = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        return None
-    rank_zero_info(f"Resuming from {found[-1]} (the newest last.ckpt under {root})")
-    return str(found[-1])
+def newest_last_checkpoint(
+    trainer: Trainer, last: ModelCheckpoint, current: RunConfig, datamodule: type, subcommand: str
+) -> str | None:
+    """The most recently written ``last.ckpt`` of an earlier run of config ``current``,
+    where ``last`` (the ``last_checkpoint`` callback) saves: its ``dirpath`` when set, else,
+    as ``ModelCheckpoint`` resolves it, ``<save_dir>/<name>/*/checkpoints/`` of the first
+    logger (``default_root_dir`` when the logger has no ``save_dir``: Wandb, MLflow, Comet
+    have no ``root_dir``) or ``<default_root_dir>/checkpoints/`` without a logger. Prints
+    which it takes and which it passed over. When there is none: ``fit`` starts a new run
+    (None), the other subcommands raise ``CheckpointError`` (nothing to evaluate)."""
+    name = f"{last.filename or 'last'}{last.FILE_EXTENSION}"
+    if last.dirpath is not None:
+        where, pattern = Path(last.dirpath), name
+    elif trainer.loggers:
+        logger = trainer.loggers[0]
+        where = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+        pattern = f"*/checkpoints/{name}"
+    else:
+        where, pattern = Path(trainer.default_root_dir), f"checkpoints/{name}"
+    pick = pick_last(where.glob(pattern), current, datamodule.__qualname__)
+    if pick.path is None and subcommand != "fit":
+        raise CheckpointError(pick.report(where, fit=False))
+    rank_zero_info(pick.report(where))
+    return None if pick.path is None else str(pick.path)
 
 
 def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:

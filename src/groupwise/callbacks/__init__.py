@@ -8,6 +8,7 @@ from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.preemption import Preempted, Preemption
 from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.run_summary import RunSummary
@@ -23,6 +24,8 @@ __all__ = [
     "GroupStats",
     "LearningRateMonitor",
     "NonFiniteLossError",
+    "Preempted",
+    "Preemption",
     "ProgressBar",
     "RNGStateCheckpoint",
     "RunSummary",

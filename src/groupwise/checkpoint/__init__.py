@@ -1,5 +1,10 @@
 """Checkpoint files: atomic saves, safe loads, and whether one fits this run."""
 
-from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+from groupwise.checkpoint.io import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    CheckpointSaveError,
+    load_checkpoint_file,
+)
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint_file"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "CheckpointSaveError", "load_checkpoint_file"]

@@ -6,7 +6,10 @@ What Lightning's ``TorchCheckpointIO`` lacks:
   is on another filesystem (a tmpfs ``/tmp``, a network or cluster scratch mount) the move
   is a copy, so a kill during it leaves a truncated checkpoint where the good one was; and
   nothing is fsynced. Here the temporary file sits beside the target, is fsynced, and
-  replaces it with one ``os.replace`` (atomic on POSIX and Windows).
+  replaces it with one ``os.replace`` (atomic on POSIX and Windows). A save that fails (no
+  space left, permission denied, quota) raises ``CheckpointSaveError`` naming the target
+  file and the system's error, and leaves the previous file as it was: torch's zip writer
+  itself turns an ``OSError`` from ``write`` into ``RuntimeError: unexpected pos 64 vs 0``.
 - Leftovers: a kill during a save leaves its temporary file (``.last.ckpt.tmp-<pid>``)
   behind; the next successful save of the same file removes those of processes that are
   no longer running (``remove_stale_temporaries``).
@@ -17,6 +20,7 @@ What Lightning's ``TorchCheckpointIO`` lacks:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint that could not be written; ``errno`` is the system's error number."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with same-directory atomic saves and checked, safe loads."""
 
@@ -43,16 +51,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        writer = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
+                writer = _KeepWriteError(file)
+                torch.save(checkpoint, writer)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
+        except (OSError, RuntimeError) as error:
+            cause = writer.error if writer is not None and writer.error else error
+            if not isinstance(cause, OSError):
+                raise
+            kept = (
+                f"the previous {path.name} is unchanged (resume from it with --ckpt_path)"
+                if path.exists()
+                else f"no {path.name} was written"
+            )
+            raise CheckpointSaveError(
+                cause.errno,
+                f"cannot save checkpoint {path}: {cause.strerror or cause} (while writing"
+                f" {temporary.name}); {kept}. Free disk space or fix the permissions there.",
+            ) from cause
         finally:
-            temporary.unlink(missing_ok=True)
+            # e.g. no permission: the error above is the one to report
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
         _fsync_directory(path.parent)
         remove_stale_temporaries(path)
 
@@ -67,16 +93,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint_file(
-    path: str | os.PathLike, map_location: Any | None = "cpu", weights_only: bool = True
+    path: str | os.PathLike,
+    map_location: Any | None = "cpu",
+    weights_only: bool = True,
+    mmap: bool = False,
 ) -> dict[str, Any]:
-    """Load a Lightning checkpoint, with errors that name the file and what was expected."""
+    """Load a Lightning checkpoint, with errors that name the file and what was expected.
+    ``mmap``: map the tensors' bytes instead of reading them (cheap when only the
+    checkpoint's other entries are looked at)."""
     path = Path(path)
     if not path.is_file():
         siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
         hint = did_you_mean(path.name, siblings)
         raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+        checkpoint = torch.load(
+            path, map_location=map_location, weights_only=weights_only, mmap=mmap
+        )
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         lines = str(error).splitlines() or [""]
         # weights_only refusals name the refused global on a later line: keep that one.
@@ -94,6 +127,29 @@ def load_checkpoint_file(
             f"'optimizer_states', ...; found {found}"
         )
     return checkpoint
+
+
+class _KeepWriteError:
+    """A file for ``torch.save`` that keeps the ``OSError`` its ``write`` raised (torch's
+    zip writer reports it as a ``RuntimeError`` without the system's error)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    @property
+    def name(self) -> str:
+        return self.file.name
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

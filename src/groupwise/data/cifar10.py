@@ -32,6 +32,7 @@ from groupwise.data.cifar10_files import (
     read_classes,
 )
 from groupwise.data.per_sample import PerSampleDataset
+from groupwise.data.resumable_loader import ResumableDataLoader
 from groupwise.errors import ConfigError
 
 # the init args that may hold a transform object (see ``CIFAR10DataModule.__init__``)
@@ -70,6 +71,7 @@ class EpochRandomSampler(RandomSampler):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
 
@@ -213,6 +215,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Number of classes (10 for CIFAR-10)."""
         return len(self.classes)
 
+    # ---- what a checkpoint keeps ---------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the seed the training order and augmentation are
+        keyed by (``seed_everything``), which tells runs of one config apart (read by
+        ``--ckpt_path last``)."""
+        return {"seed": global_seed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the seed is the new run's ``seed_everything``."""
+
     def num_train_images(self) -> int:
         """Images in an epoch of training (the training split less ``val_size``), counted
         from the files without decoding (``cifar10_files.count_images``)."""
@@ -274,7 +287,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         # DistributedSampler under DDP; drop_last=False keeps every image
         base = dataset.dataset if isinstance(dataset, Subset) else dataset
         batched = isinstance(base, BatchTensorDataset)
-        return DataLoader(
+        # the training loader is resumable: a mid-epoch resume goes on with the next batch
+        loader = ResumableDataLoader if shuffle else DataLoader
+        return loader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochRandomSampler(dataset, global_seed()) if shuffle else None,
