@@ -119,7 +119,7 @@ class GroupwiseTrainer(Trainer):
         if test.warm_up:
             print(
                 "Note: the config's schedule warms up to these lrs; the sweep does not, and a "
-                "warm-up can let a recipe train well above the suggestion (see the README)."
+                "warm-up can let a recipe train well above the suggestion (see docs/tuning.md)."
             )
         path = Path(png) if png else Path(self.log_dir or self.default_root_dir) / "lr_find.png"
         path, figure = plot_range_test(test, path, multiplier, override)

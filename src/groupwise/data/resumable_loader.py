@@ -49,7 +49,11 @@ class ResumableDataLoader(DataLoader):
         # torch's iterators draw their indices from this (``_BaseDataLoaderIter``); the
         # loader's ``__len__`` reads it too, and keeps the full length
         sampler = super()._index_sampler
-        return _SkipFirst(sampler, self._making_iterator_skip) if self._making_iterator_skip else sampler
+        return (
+            _SkipFirst(sampler, self._making_iterator_skip)
+            if self._making_iterator_skip
+            else sampler
+        )
 
     _making_iterator_skip = 0
 
