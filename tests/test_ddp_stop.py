@@ -27,7 +27,7 @@ from groupwise.checkpoint.io import load_checkpoint_file
 
 pytestmark = pytest.mark.slow
 
-MESSAGE = re.compile(r"NonFiniteLossError: (.*)")
+MESSAGE = re.compile(r"^(?:\[rank \d\] )?error: (training loss .*)", re.MULTILINE)
 
 
 def free_port() -> int:

@@ -226,7 +226,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_and_a_changed_optimize
 
     changed = write_config(tmp_path, **{"model.param_groups.0.optimizer": "torch.optim.SGD"})
     before = snapshot(part)
-    refused = groupwise("fit", "--config", changed, *args, "--ckpt_path", "last")
+    # by path: --ckpt_path last takes only a run of the same config (another optimizer: a
+    # new run)
+    last = part / "lightning_logs/version_1/checkpoints/last.ckpt"
+    refused = groupwise("fit", "--config", changed, *args, "--ckpt_path", str(last))
     assert refused.returncode != 0
     assert (
         "filters: groupwise.optim.muon.Muon in the checkpoint, torch.optim.sgd.SGD in the config"
