@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from groupwise.data.resumable_loader import ResumableDataLoader
 from torch.utils.data import TensorDataset
 
 from groupwise.callbacks import Preemption
 from groupwise.data.cifar10 import EpochRandomSampler
+from groupwise.data.resumable_loader import ResumableDataLoader
 
 
 def loader(num_workers: int = 0) -> ResumableDataLoader:
