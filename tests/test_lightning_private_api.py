@@ -37,6 +37,23 @@ from groupwise.cli import GroupwiseCLI, run
 from groupwise.nets import LeNet5
 
 
+def fit_briefly(tmp_path, callback, model, **overrides) -> Trainer:
+    """Two training steps of ``model`` with ``callback``, logging every step."""
+    options = dict(
+        default_root_dir=tmp_path,
+        max_steps=2,
+        limit_val_batches=0,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
+    trainer = Trainer(**(options | overrides))
+    trainer.fit(model)
+    return trainer
+
+
 class Called(Exception):
     pass
 
@@ -63,17 +80,7 @@ def test_learning_rate_monitor_still_extracts_weight_decay_through_the_override(
     calls = []
     original = monitor._extract_weight_decay
     monitor._extract_weight_decay = lambda group, name: calls.append(name) or original(group, name)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_steps=2,
-        limit_val_batches=0,
-        callbacks=[monitor],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-    )
-    trainer.fit(RpropModel())
+    trainer = fit_briefly(tmp_path, monitor, RpropModel())
     assert calls  # Lightning's stats go through _extract_weight_decay, so the override runs
     assert "lr-Rprop" in trainer.callback_metrics
     assert not any(name.endswith("weight_decay") for name in trainer.callback_metrics)
@@ -105,17 +112,7 @@ def test_learning_rate_monitor_still_goes_through_the_momentum_and_name_override
                 calls.append(_name) or _original(*a, **k)
             ),
         )
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_steps=2,
-        limit_val_batches=0,
-        callbacks=[monitor],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-    )
-    trainer.fit(AdamModel())
+    trainer = fit_briefly(tmp_path, monitor, AdamModel())
     # If this fails, LearningRateMonitor no longer calls these: the overrides do nothing
     assert {"_extract_momentum", "_check_duplicates_and_update_name"} <= set(calls)
     assert trainer.callback_metrics["lr-Adam-momentum"] == pytest.approx(0.9)
@@ -129,17 +126,7 @@ def test_tqdm_progress_bar_still_has_should_update():
 
 def test_weight_averaging_still_keeps_its_average_in_average_model(tmp_path):
     ema = EMAWeightAveraging(decay=0.9)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_steps=1,
-        limit_val_batches=0,
-        callbacks=[ema],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-    )
-    trainer.fit(BoringModel())
+    fit_briefly(tmp_path, ema, BoringModel(), max_steps=1, logger=False)
     # If this fails, WeightAveraging no longer keeps its AveragedModel in _average_model:
     # the average would not follow the training weights until its first update
     assert isinstance(ema._average_model, torch.optim.swa_utils.AveragedModel)
