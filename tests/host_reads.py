@@ -26,8 +26,10 @@ The windows in which the progress bar read the metrics (a redraw) are kept in
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -139,3 +141,29 @@ class StepWindows(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         _set(("epoch_end", trainer.current_epoch))
+
+
+class RankReads(StepWindows):
+    """``StepWindows`` with its own ``HostReads``, active from ``on_train_start`` to
+    ``on_train_end`` in each process of a DDP fit; writes ``out/rank<global rank>.json``:
+    ``{"reads": {step: n}, "made": {step: n}, "where": {...}}`` for the step windows."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.seen: HostReads | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.seen = HostReads().__enter__()
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        seen, self.seen = self.seen, None
+        seen.__exit__(None, None, None)
+        record = {
+            "reads": seen.steps_with(seen.reads),
+            "made": seen.steps_with(seen.made),
+            "where": seen.where,
+        }
+        path = Path(self.out) / f"rank{trainer.global_rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))

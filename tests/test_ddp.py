@@ -252,3 +252,43 @@ def test_a_dataset_that_does_not_divide_by_the_ranks_is_padded_with_repeated_ima
     right = rank0["metrics"]["val/acc"] * 20
     assert right == pytest.approx(round(right))
     assert runs["padded"]["last"]["global_step"] == 3 * math.ceil(31 / 10)
+
+
+def test_ordinary_ddp_steps_make_no_host_read(data, tmp_path):
+    """Two gloo ranks, 3 images per rank per step (10 steps per epoch), 2 epochs, logging
+    and ``GroupStats`` every 5 steps: on every other step that is not an epoch's last, no
+    rank reads a tensor on the host or makes one from Python data (``host_reads.py``).
+    Lightning 2.6 broadcasts and reads a SIGTERM flag before every DDP step; the
+    preemption callback, which handles SIGTERM, turns that off and agrees on a signal on
+    the logging steps only. The logging steps themselves do read (the test can see)."""
+    spec = {"class_path": "host_reads.RankReads", "init_args": {"out": str(tmp_path / "reads")}}
+    args = quick(data, tmp_path, "--data.batch_size", "3", "--trainer.max_epochs", "2", *DDP)
+    args += ["--trainer.log_every_n_steps", "5", "--group_stats.every_n_steps", "5"]
+    done = groupwise("fit", "--config", LENET, *args, f"--trainer.callbacks+={json.dumps(spec)}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    ordinary = [s for s in range(20) if (s + 1) % 5 and s % 5 and (s + 1) % 10]
+    assert ordinary == [1, 2, 3, 6, 7, 8, 11, 12, 13, 16, 17, 18]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"reads/rank{rank}.json").read_text())
+        reads = {int(s): n for s, n in seen["reads"].items()}
+        made = {int(s): n for s, n in seen["made"].items()}
+        where = {k: v for k, v in seen["where"].items() if k.startswith("step ")}
+        assert [s for s in ordinary if reads.get(s) or made.get(s)] == [], where
+        assert all(reads.get(s) for s in (4, 9, 14, 19)), reads  # the logging steps read
+
+
+def test_a_sigterm_on_one_rank_stops_both_at_the_next_agreement_step(data, tmp_path):
+    """Under DDP the ranks agree on a signal every ``preemption.every_n_steps`` steps: SIGTERM
+    reaching rank 1 alone as the batch of global step 1 starts stops both ranks after
+    step 2 (the 3rd batch) with ``every_n_steps`` 3, and last.ckpt records global step 3."""
+    spec = {
+        "class_path": "fault_injection.SignalAt",
+        "init_args": {"signal": "SIGTERM", "stamp": str(tmp_path / "stamp"), "step": 1, "rank": 1},
+    }
+    args = quick(data, tmp_path, *EPOCHS, "--data.batch_size", "10", *DDP)
+    args += ["--preemption.every_n_steps", "3", f"--trainer.callbacks+={json.dumps(spec)}"]
+    done = groupwise("fit", "--config", LENET, *args)
+    assert done.returncode == 75, done.stderr[-3000:]
+    assert "Preemption (SIGTERM): saved" in done.stderr
+    (run,) = (tmp_path / "lightning_logs").iterdir()
+    assert load(run / "checkpoints/last.ckpt")["global_step"] == 3

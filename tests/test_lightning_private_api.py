@@ -18,6 +18,11 @@ below fails, saying which name, if a Lightning release renames it or stops calli
   count, as Lightning's bar decides it);
 - ``WeightAveraging._average_model``: read by ``EMAWeightAveraging`` to make the average
   follow the training weights until its first update;
+- ``_TrainingEpochLoop._broadcast_sigterm_tensor``: replaced on the fit's loop by
+  ``Preemption`` under DDP (Lightning's per-step SIGTERM broadcast and ``.item()``, while
+  Lightning's SIGTERM handler, the only thing that sets the flag it sends, is not
+  installed); ``tests/test_ddp.py::test_ordinary_ddp_steps_make_no_host_read`` sees the
+  sync come back if the name changes;
 - ``LightningModule._trainer``: read by ``Classifier``'s checkpoint hooks, which also run
   without a trainer (``Classifier.load_from_checkpoint``), where the public ``trainer``
   property raises.
@@ -130,3 +135,16 @@ def test_weight_averaging_still_keeps_its_average_in_average_model(tmp_path):
     # If this fails, WeightAveraging no longer keeps its AveragedModel in _average_model:
     # the average would not follow the training weights until its first update
     assert isinstance(ema._average_model, torch.optim.swa_utils.AveragedModel)
+
+
+def test_training_epoch_loop_still_broadcasts_sigterm_through_one_method():
+    """Each DDP step calls ``self._broadcast_sigterm_tensor()`` (looked up on the loop
+    instance, so an instance attribute replaces it) and nothing else sends the flag."""
+    import inspect
+
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    source = inspect.getsource(_TrainingEpochLoop.advance)
+    assert "self._broadcast_sigterm_tensor()" in source
+    assert "received_sigterm" in inspect.getsource(_TrainingEpochLoop._broadcast_sigterm_tensor)
+    assert "received_sigterm" not in source

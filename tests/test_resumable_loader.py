@@ -50,3 +50,5 @@ def test_preemption_names_the_bad_signal_and_the_valid_ones():
         Preemption(signals=["SIGKILL"])
     with pytest.raises(ValueError, match="exit_code must be in"):
         Preemption(exit_code=256)
+    with pytest.raises(ValueError, match=r"every_n_steps must be a positive .* got 0"):
+        Preemption(every_n_steps=0)

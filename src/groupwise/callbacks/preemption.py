@@ -6,13 +6,22 @@ due, without saving anything, and the loader position is lost; SIGUSR1 is handle
 under SLURM with auto-requeue, where its handler saves ``hpc_ckpt_N.ckpt`` from inside the
 signal handler, i.e. wherever the step happens to be. Here the handler only records the
 signal; the run goes on to the end of the current optimizer step (or of the validation
-pass under way), all ranks agree on it (one boolean all-reduce per step under DDP), the
+pass under way), all ranks agree on it (under DDP one all-reduce every ``every_n_steps``
+steps, by default Lightning's logging steps, and at each validation end), the
 checkpoint is written through the trainer (atomically: ``AtomicCheckpointIO``; every
 callback's state, the optimizer, schedulers and the loader's position in the epoch
 included), the handler that was there before for that signal is then called (Lightning's
 SLURM requeue, which saves its hpc checkpoint at this same point and runs
 ``scontrol requeue``) and the process exits with ``exit_code``. Lightning's own SIGTERM
 handler is replaced while training runs (the trainer restores it at teardown).
+
+Under DDP, Lightning 2.6 broadcasts rank 0's SIGTERM flag before every training step
+(``_broadcast_sigterm_tensor`` in its training epoch loop): a collective, a tensor made
+from Python data and an ``.item()`` per step, i.e. a host sync on GPUs. While this callback
+handles SIGTERM, Lightning's handler is not installed, so that flag can never be set: the
+broadcast is turned off for the fit (an instance attribute on the loop, removed at the
+end; ``tests/test_lightning_private_api.py`` guards the name) and this callback's own
+agreement, every ``every_n_steps`` steps, is the only one.
 """
 
 from __future__ import annotations
@@ -51,9 +60,15 @@ class Preemption(Callback):
             ``ModelCheckpoint`` with that filename (the CLI's ``last_checkpoint``), else of
             the first ``ModelCheckpoint``, else ``<default_root_dir>/checkpoints``. With
             ``last`` the file is the one ``--ckpt_path last`` resumes from.
+        every_n_steps: Under DDP, the ranks agree on a signal (one max all-reduce, a host
+            read on GPUs) after every ``every_n_steps``-th training batch; ``None``: the
+            trainer's ``log_every_n_steps``, the steps on which Lightning reads the
+            logged values anyway. In one process the signal is acted on after every
+            step whatever this is (reading a Python flag costs nothing).
 
-    The time from the signal to the exit is one training step, or the rest of a validation
-    pass when the signal comes during one, plus the save.
+    The time from the signal to the exit is one training step in one process and up to
+    ``every_n_steps`` steps under DDP, or the rest of a validation pass when the signal
+    comes during one, plus the save.
     """
 
     def __init__(
@@ -61,6 +76,7 @@ class Preemption(Callback):
         signals: list[str] | None = None,
         exit_code: int = RESUMABLE_EXIT_CODE,
         filename: str = "last",
+        every_n_steps: int | None = None,
     ) -> None:
         names = ["SIGTERM", "SIGUSR1"] if signals is None else list(signals)
         valid = sorted(s.name for s in signal.valid_signals() if isinstance(s, signal.Signals))
@@ -74,7 +90,14 @@ class Preemption(Callback):
             raise ValueError(f"preemption.exit_code must be in [0, 255], got {exit_code}")
         self.signals = [signal.Signals[n] for n in names]
         self.exit_code = exit_code
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(
+                f"preemption.every_n_steps must be a positive number of steps or null (the"
+                f" trainer's log_every_n_steps), got {every_n_steps}"
+            )
         self.filename = filename
+        self.every_n_steps = every_n_steps
+        self._batches = 0  # training batches ended in this fit (the same on every rank)
         self._received: tuple[signal.Signals, float] | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._stop_next = False
@@ -86,12 +109,24 @@ class Preemption(Callback):
         _load_loader_position(trainer)
         # after the trainer registered its own (``_SignalConnector``), which it restores
         # at teardown; only the main thread may set handlers
-        self._received, self._stop_next = None, False
+        self._received, self._stop_next, self._batches = None, False, 0
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._record)
+        if signal.SIGTERM in self.signals and trainer.world_size > 1:
+            # Lightning's handler is replaced: its per-step broadcast of the flag that
+            # handler sets could only ever send 0 (see the module docstring)
+            trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
 
     def _record(self, signum: int, frame: Any) -> None:
         if self._received is None:
@@ -102,6 +137,10 @@ class Preemption(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # after the optimizer and per-step scheduler steps, where ModelCheckpoint's
         # every_n_train_steps saves: Lightning's resume counts the batch as done
+        self._batches += 1
+        every = self.every_n_steps or trainer.log_every_n_steps or 1
+        if trainer.world_size > 1 and self._batches % every:
+            return  # not a step on which the ranks agree
         if self._agreed(trainer):
             self._save_and_exit(trainer)
 
@@ -171,6 +210,11 @@ class Preemption(Callback):
         if dirpath is None:
             dirpath = Path(trainer.default_root_dir) / "checkpoints"
         return str(Path(dirpath) / f"{self.filename}{ModelCheckpoint.FILE_EXTENSION}")
+
+
+def _no_broadcast() -> None:
+    """In place of Lightning's per-step SIGTERM broadcast while ``Preemption`` handles
+    SIGTERM."""
 
 
 def _load_loader_position(trainer: L.Trainer) -> None:
