@@ -20,13 +20,20 @@ cannot drift apart; the loop itself is hand-written torch with no Lightning.
   temporary directory; timed from ``on_train_start`` to ``on_train_end`` by a callback
   appended to the trainer (so the epoch-end checkpoint write is included).
 * plain: the hand-written loop; timed from the first batch's index to the last step.
-* lean template (the attribution variant): the same as template with the progress bar off
+* lean template (an attribution variant): the same as template with the progress bar off
   and the GroupStats callback removed.
+* bare Lightning (an attribution variant): the same model, data and trainer with no
+  callback and no logger at all (only the timer): what Lightning's loop and the
+  LightningModule's own per-step work (hooks, closure, train accuracy) cost beside the
+  plain loop. ``template - bare`` is what the default callbacks and TensorBoard cost.
 
-The three run back to back in one process, in a rotating order, ``--repeats`` times after
+The four run back to back in one process, in a rotating order, ``--repeats`` times after
 one short warm-up of each. Reports median images/s (steps * batch size / seconds) of each
-and the median of the per-repeat ratios template / plain and lean / plain. The DataModule's
-decode cache must exist (run ``groupwise fit`` or ``scripts/bench_loader.py`` once).
+and the median of the per-repeat ratios plain / variant, and the median per-step time
+each variant adds to the plain loop's (a per-step overhead in ms; with a small
+``--batch-size`` the net's work shrinks and the fixed cost per step shows). The
+DataModule's decode cache must exist (run ``groupwise fit`` or ``scripts/bench_loader.py``
+once).
 """
 
 from __future__ import annotations
@@ -78,6 +85,10 @@ class TrainTimer(Callback):
         return (self.first_batch - self.start) + (self.end - self.last_batch)
 
 
+#: ``--data.batch_size`` for every fit when ``--batch-size`` is given (else the config's)
+BATCH_SIZE: list[str] = []
+
+
 def cli_args(config: Path, data_dir: Path, steps: int, root: str, lean: bool) -> list[str]:
     return [
         "--config",
@@ -89,18 +100,22 @@ def cli_args(config: Path, data_dir: Path, steps: int, root: str, lean: bool) ->
         "--trainer.precision=32-true",
         f"--trainer.default_root_dir={root}",
         f"--trainer.enable_progress_bar={not lean}",
+        *BATCH_SIZE,
     ]
 
 
 def template_fit(
-    config: Path, data_dir: Path, steps: int, root: str, lean: bool
+    config: Path, data_dir: Path, steps: int, root: str, lean: bool, bare: bool = False
 ) -> tuple[float, float]:
-    """Seconds of training through the template's CLI, with its default callbacks, and
-    the part of them outside the steps (loader start, epoch end: checkpoint, logger)."""
-    cli = run(cli_args(config, data_dir, steps, root, lean), run=False)
+    """Seconds of training through the template's CLI, with its default callbacks (none
+    with ``bare``, and no logger), and the part of them outside the steps (loader start,
+    epoch end: checkpoint, logger)."""
+    cli = run(cli_args(config, data_dir, steps, root, lean or bare), run=False)
     trainer = cli.trainer
     if lean:
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, GroupStats)]
+    if bare:
+        trainer.callbacks, trainer.loggers = [], []
     timer = TrainTimer()
     trainer.callbacks.append(timer)
     trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -199,6 +214,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the three fits")
     parser.add_argument("--warmup-steps", type=int, default=30, help="steps of the warm-up")
     parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per step (default: the config's)"
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
     parser.add_argument(
@@ -215,6 +233,8 @@ def main() -> None:
         sys.exit(f"no CIFAR-10 at {args.data_dir}; pass --data-dir")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batch_size:
+        BATCH_SIZE.append(f"--data.batch_size={args.batch_size}")
     if not args.show_logs:  # Lightning's info lines (summary, group table) for every fit
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
@@ -231,7 +251,7 @@ def main() -> None:
         profile(args, images, labels)
         return
 
-    kinds = ["template", "plain", "lean"]
+    kinds = ["template", "plain", "lean", "bare"]
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     outside: dict[str, list[float]] = {kind: [] for kind in kinds}
 
@@ -243,13 +263,16 @@ def main() -> None:
             if not args.show_logs:
                 quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
                 quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-            return template_fit(args.config, args.data_dir, steps, root, lean=kind == "lean")
+            return template_fit(
+                args.config, args.data_dir, steps, root, lean=kind == "lean", bare=kind == "bare"
+            )
 
     with tempfile.TemporaryDirectory() as root:
         for kind in kinds:  # warm-up: imports, allocator, first-call costs
             fit(kind, args.warmup_steps, root)
         for repeat in range(args.repeats):
-            order = kinds[repeat % 3 :] + kinds[: repeat % 3]
+            shift = repeat % len(kinds)
+            order = kinds[shift:] + kinds[:shift]
             for kind in order:
                 total, outside_steps = fit(kind, args.steps, root)
                 seconds[kind].append(total)
@@ -263,38 +286,38 @@ def main() -> None:
     def rate(s: float) -> float:
         return args.steps * batch_size / s
 
-    ratio = [p / t for t, p in zip(seconds["template"], seconds["plain"], strict=True)]
-    lean_ratio = [p / t for t, p in zip(seconds["lean"], seconds["plain"], strict=True)]
-    rows = [
-        ("plain PyTorch loop", statistics.median(rate(s) for s in seconds["plain"]), None),
-        (
-            "template fit (all default callbacks)",
-            statistics.median(rate(s) for s in seconds["template"]),
-            ratio,
-        ),
-        (
-            "template fit, no progress bar, no GroupStats",
-            statistics.median(rate(s) for s in seconds["lean"]),
-            lean_ratio,
-        ),
-    ]
+    names = {
+        "plain": "plain PyTorch loop",
+        "template": "template fit (all default callbacks)",
+        "lean": "template fit, no progress bar, no GroupStats",
+        "bare": "Lightning alone: no callback, no logger",
+    }
     print(
         f"\n{args.config.name} ({net_name}), {args.data_dir.name} ({len(labels):,} training"
         f" images), batch {batch_size},"
         f" {args.steps} steps, {args.repeats} rounds, CPU, torch threads "
         f"{torch.get_num_threads()}"
     )
-    width = max(len(name) for name, _, _ in rows)
-    print(f"{'':<{width}}  {'median img/s':>12}  {'median ratio vs plain (min-max)':>31}")
-    for name, images_per_s, ratios in rows:
-        ratio_text = (
-            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
-            if ratios
-            else "1"
-        )
-        print(f"{name:<{width}}  {images_per_s:>12,.0f}  {ratio_text:>31}")
-    print("ratio = plain seconds / template seconds of the same round (throughput ratio)")
-    for kind in ("template", "lean"):
+    width = max(len(name) for name in names.values())
+    print(
+        f"{'':<{width}}  {'median img/s':>12}  {'median ratio vs plain (min-max)':>31}"
+        f"  {'ms/step over plain':>18}"
+    )
+    for kind in ("plain", "template", "lean", "bare"):
+        images_per_s = statistics.median(rate(s) for s in seconds[kind])
+        if kind == "plain":
+            print(f"{names[kind]:<{width}}  {images_per_s:>12,.0f}  {'1':>31}  {'0':>18}")
+            continue
+        pairs = list(zip(seconds[kind], seconds["plain"], strict=True))
+        ratios = [p / t for t, p in pairs]
+        extra = statistics.median((t - p) / args.steps * 1e3 for t, p in pairs)
+        ratio_text = f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        print(f"{names[kind]:<{width}}  {images_per_s:>12,.0f}  {ratio_text:>31}  {extra:>18.3f}")
+    print(
+        "ratio = plain seconds / variant seconds of the same round (throughput ratio);"
+        " ms/step over plain = median over rounds of (variant - plain seconds) / steps"
+    )
+    for kind in ("template", "lean", "bare"):
         print(
             f"{kind}: median {statistics.median(outside[kind]):.3f} s of "
             f"{statistics.median(seconds[kind]):.3f} s outside the steps (before the first "
