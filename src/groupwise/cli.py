@@ -27,7 +27,9 @@ step, save ``last.ckpt``, exit with status 75"; the training loader is resumable
 A ``finite_loss`` callback (``FiniteLossGuard``) is always present too, and Lightning's
 default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s, not after
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
-gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``GroupPlan`` (the
+gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``NoProfiler``
+(unless ``trainer.profiler`` is set: Lightning's default without its per-call context
+manager, see ``groupwise.profiler``), ``GroupPlan`` (the
 group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's
 Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
 went, printed and in ``summary.txt``, at the end of fit, validate and test) and
@@ -54,6 +56,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info
 
 from groupwise.callbacks.confusion_matrix import ConfusionMatrix
@@ -72,6 +75,7 @@ from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 from groupwise.errors import ConfigError, exit_on_user_error
 from groupwise.preflight import check_before_fit
+from groupwise.profiler import NoProfiler
 from groupwise.trainer import GroupwiseTrainer
 
 
@@ -153,6 +157,8 @@ class GroupwiseCLI(LightningCLI):
             check_sync_batchnorm(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if type(trainer.profiler) is PassThroughProfiler:  # Lightning's default: none set
+            trainer.profiler = NoProfiler()
         trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
