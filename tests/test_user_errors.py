@@ -49,6 +49,15 @@ CASES = {
         f"optimizer does not take; valid options: {SGD_OPTIONS}, and the rule keys "
         "['lr_scale', 'modules', 'name', 'optimizer', 'params']",
     ),
+    "list-index": (  # jsonargparse puts `.0.lr` into the last group as a key '0'
+        ["--model.param_groups.0.lr_scale", "2"],
+        "error: parameter group 'classifier' sets '0', which the optimizer does not take;"
+        f" valid options: {SGD_OPTIONS}, and the rule keys "
+        "['lr_scale', 'modules', 'name', 'optimizer', 'params']. '0' came from"
+        " --model.param_groups.0...: one item of a list cannot be set from the command"
+        " line (it lands in the last group); edit the config file, or give the whole list"
+        " with --model.param_groups '[...]'",
+    ),
     "milestones": (
         ["--model.scheduler.init_args.milestones", "[3, 2]"],
         "error: MultiStepLR milestones must be strictly increasing epochs, got [3, 2]; e.g. [2, 3]",

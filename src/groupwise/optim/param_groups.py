@@ -283,10 +283,18 @@ def _group_options(
     unknown = sorted(set(opts) - set(defaults))
     if unknown:
         keys = ", ".join(f"{key!r}{did_you_mean(key, [*defaults, *RULE_KEYS])}" for key in unknown)
-        raise ParamGroupError(
+        message = (
             f"parameter group {rule['name']!r} sets {keys}, which {label} does not take;"
             f" valid options: {sorted(defaults)}, and the rule keys {sorted(RULE_KEYS)}"
         )
+        index = next((key for key in unknown if str(key).isdigit()), None)
+        if index is not None:  # jsonargparse's reading of --model.param_groups.0.KEY
+            message += (
+                f". {index!r} came from --model.param_groups.{index}...: one item of a list"
+                " cannot be set from the command line (it lands in the last group); edit"
+                " the config file, or give the whole list with --model.param_groups '[...]'"
+            )
+        raise ParamGroupError(message)
     if "lr_scale" in rule:
         if "lr" in rule:
             raise ParamGroupError(
