@@ -287,8 +287,12 @@ def _group_options(
             f"parameter group {rule['name']!r} sets {keys}, which {label} does not take;"
             f" valid options: {sorted(defaults)}, and the rule keys {sorted(RULE_KEYS)}"
         )
-        index = next((key for key in unknown if str(key).isdigit()), None)
-        if index is not None:  # jsonargparse's reading of --model.param_groups.0.KEY
+        # jsonargparse's reading of --model.param_groups.0.KEY: a key '0' holding KEY, or
+        # (older jsonargparse) a key '0.KEY'
+        index = next(
+            (k.split(".")[0] for k in map(str, unknown) if k.split(".")[0].isdigit()), None
+        )
+        if index is not None:
             message += (
                 f". {index!r} came from --model.param_groups.{index}...: one item of a list"
                 " cannot be set from the command line (it lands in the last group); edit"
