@@ -61,7 +61,7 @@ class Preemption(Callback):
             the first ``ModelCheckpoint``, else ``<default_root_dir>/checkpoints``. With
             ``last`` the file is the one ``--ckpt_path last`` resumes from.
         every_n_steps: Under DDP, the ranks agree on a signal (one max all-reduce, a host
-            read on GPUs) after every ``every_n_steps``-th training batch; ``None``: the
+            read on GPUs) after every ``every_n_steps``-th optimizer step; ``None``: the
             trainer's ``log_every_n_steps``, the steps on which Lightning reads the
             logged values anyway. In one process the signal is acted on after every
             step whatever this is (reading a Python flag costs nothing).
@@ -97,7 +97,6 @@ class Preemption(Callback):
             )
         self.filename = filename
         self.every_n_steps = every_n_steps
-        self._batches = 0  # training batches ended in this fit (the same on every rank)
         self._received: tuple[signal.Signals, float] | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._stop_next = False
@@ -109,7 +108,7 @@ class Preemption(Callback):
         _load_loader_position(trainer)
         # after the trainer registered its own (``_SignalConnector``), which it restores
         # at teardown; only the main thread may set handlers
-        self._received, self._stop_next, self._batches = None, False, 0
+        self._received, self._stop_next = None, False
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:
@@ -121,12 +120,10 @@ class Preemption(Callback):
             trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
+        _restore_broadcast(trainer)
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
+    def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
+        _restore_broadcast(trainer)
 
     def _record(self, signum: int, frame: Any) -> None:
         if self._received is None:
@@ -137,10 +134,9 @@ class Preemption(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # after the optimizer and per-step scheduler steps, where ModelCheckpoint's
         # every_n_train_steps saves: Lightning's resume counts the batch as done
-        self._batches += 1
         every = self.every_n_steps or trainer.log_every_n_steps or 1
-        if trainer.world_size > 1 and self._batches % every:
-            return  # not a step on which the ranks agree
+        if trainer.world_size > 1 and trainer.global_step % every:
+            return  # not a step on which the ranks agree (global_step counts this one)
         if self._agreed(trainer):
             self._save_and_exit(trainer)
 
@@ -215,6 +211,10 @@ class Preemption(Callback):
 def _no_broadcast() -> None:
     """In place of Lightning's per-step SIGTERM broadcast while ``Preemption`` handles
     SIGTERM."""
+
+
+def _restore_broadcast(trainer: L.Trainer) -> None:
+    vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
 
 
 def _load_loader_position(trainer: L.Trainer) -> None:
