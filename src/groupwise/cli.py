@@ -29,7 +29,8 @@ default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
 gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``NoProfiler``
 (unless ``trainer.profiler`` is set: Lightning's default without its per-call context
-manager, see ``groupwise.profiler``), ``GroupPlan`` (the
+manager, see ``groupwise.profiler``), on the CPU glibc's allocator set to keep freed memory
+for the next step (``groupwise.host_memory``), ``GroupPlan`` (the
 group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's
 Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
 went, printed and in ``summary.txt``, at the end of fit, validate and test) and
@@ -74,6 +75,7 @@ from groupwise.checkpoint.last import RunConfig, pick_last
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 from groupwise.errors import ConfigError, exit_on_user_error
+from groupwise.host_memory import keep_freed_host_memory
 from groupwise.preflight import check_before_fit
 from groupwise.profiler import NoProfiler
 from groupwise.trainer import GroupwiseTrainer
@@ -159,6 +161,8 @@ class GroupwiseCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if type(trainer.profiler) is PassThroughProfiler:  # Lightning's default: none set
             trainer.profiler = NoProfiler()
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            keep_freed_host_memory()  # process-wide: see groupwise.host_memory
         trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
