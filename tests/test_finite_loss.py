@@ -6,9 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_run import LENET, quick
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from groupwise.cli import run
 
 
 @pytest.fixture
@@ -93,3 +96,35 @@ def test_a_pending_bad_loss_stops_a_checkpoint_save():
 def test_bad_check_every_n_steps():
     with pytest.raises(ValueError, match="positive integer or None, got 0"):
         FiniteLossGuard(check_every_n_steps=0)
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the tensor ops dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_ordinary_step_costs_no_tensor_op(data_dir, tmp_path, monkeypatch):
+    """Between reads the guard only keeps the step's loss (it was 12 small tensor ops per
+    step, each a kernel launch on a GPU). A real fit: 3 steps per epoch, 2 epochs, a read
+    after every second step (global steps 2, 4, 6) and at each epoch's end."""
+    ops: dict[int, int] = {}
+    original = FiniteLossGuard.on_train_batch_end
+
+    def counted(self, trainer, *args):
+        with OpCount() as count:
+            original(self, trainer, *args)
+        ops[trainer.global_step] = count.ops
+
+    monkeypatch.setattr(FiniteLossGuard, "on_train_batch_end", counted)
+    run(["fit", "--config", LENET, *quick(data_dir, tmp_path, "--trainer.max_epochs=2"),
+         "--trainer.log_every_n_steps=2"])  # fmt: skip
+    assert sorted(ops) == [1, 2, 3, 4, 5, 6]
+    assert {step: n for step, n in ops.items() if step % 2} == {1: 0, 3: 0, 5: 0}
+    assert all(ops[step] > 0 for step in (2, 4, 6))  # the reads

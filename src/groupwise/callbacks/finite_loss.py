@@ -6,8 +6,9 @@ by which time ``last.ckpt`` may already hold the diverged weights. This callback
 the training loss of every step and raises; no checkpoint is written after a bad loss,
 so the last good one stays on disk.
 
-The check stays on the device: each step updates a flag and the index of the first bad
-step with tensor ops (on a GPU nothing waits). The host reads it on the logging steps
+The check costs nothing between reads: each step's loss (already a detached copy, made
+by Lightning) is kept in a list, and the pending losses are tested together, with a few
+tensor ops and one host read, on the logging steps
 (every ``check_every_n_steps``, by default the trainer's ``log_every_n_steps``, after the
 same optimizer steps at which Lightning writes the logged values, which read the device
 anyway), before validation, at the end of each epoch and of training, and before any
@@ -52,10 +53,9 @@ class FiniteLossGuard(Callback):
                 f"check_every_n_steps must be a positive integer or None, got {check_every_n_steps}"
             )
         self.check_every_n_steps = check_every_n_steps
-        # (epoch, batch_idx, global_step, lrs) of each step since the last host read
+        # (epoch, batch_idx, global_step, lrs) and the loss of each step since the last read
         self._steps: list[tuple[int, int, int, list[tuple[str, float]]]] = []
-        self._first_bad: torch.Tensor | None = None  # index into _steps, -1 while all finite
-        self._bad_loss: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []
         self._read_at = -1  # the global step of the last read on a check step
 
     def every(self, trainer: L.Trainer) -> int:
@@ -73,16 +73,10 @@ class FiniteLossGuard(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        loss = loss.detach().float().sum()
+        # no tensor op here: a loss that still needs its graph is the only one detached
+        self._losses.append(loss.detach() if loss.requires_grad else loss)
         # the lrs of every pending step: a per-step schedule changes them between reads
-        index = len(self._steps)
         self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step, _lrs(trainer)))
-        if self._first_bad is None or self._first_bad.device != loss.device:
-            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
-            self._bad_loss = torch.zeros((), device=loss.device)
-        first = ~torch.isfinite(loss) & (self._first_bad < 0)  # device ops: no host read
-        self._first_bad = torch.where(first, index, self._first_bad)
-        self._bad_loss = torch.where(first, loss, self._bad_loss)
         step = trainer.global_step  # counts this batch's step; unchanged while accumulating
         if step % self.every(trainer) == 0 and step != self._read_at:
             self._read_at = step
@@ -103,17 +97,24 @@ class FiniteLossGuard(Callback):
         self.check(trainer)  # raising here aborts the save before anything is written
 
     def check(self, trainer: L.Trainer) -> None:
-        """Read the device-side check (one host read, and under DDP one reduction across
+        """Test the pending steps' losses (one host read, and under DDP one reduction across
         the ranks); raise on every rank if any rank's loss was bad at a pending step."""
         if not self._steps:
             return
-        first = int(self._first_bad)
+        pending = self._losses
+        if any(loss.ndim for loss in pending) or len({loss.dtype for loss in pending}) > 1:
+            pending = [loss.float().sum() for loss in pending]  # one number per step
+        losses = torch.stack(pending).float()
+        bad = ~torch.isfinite(losses)
+        first = int(torch.where(bad.any(), bad.to(torch.uint8).argmax(), -1))  # the host read
         if not trainer.strategy.reduce_boolean_decision(first >= 0, all=False):
             self._steps.clear()
+            self._losses.clear()
             return
-        index, rank, loss = first, trainer.global_rank, float(self._bad_loss)
+        index, rank = first, trainer.global_rank
+        loss = float(losses[first]) if first >= 0 else 0.0
         if trainer.world_size > 1:  # which rank saw it first: every rank picks the same
-            mine = torch.tensor([first, loss], dtype=torch.float64, device=self._bad_loss.device)
+            mine = torch.tensor([first, loss], dtype=torch.float64, device=losses.device)
             seen = trainer.strategy.all_gather(mine).view(-1, 2).tolist()
             index, rank, loss = min(
                 (int(i), r, value) for r, (i, value) in enumerate(seen) if i >= 0
