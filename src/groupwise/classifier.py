@@ -153,6 +153,15 @@ class Classifier(LightningModule):
         new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return new
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name before and after every hook it calls, about 40
+        # times per training step; nn.Module.__setattr__ (its parameter, buffer and module
+        # checks, ~1 us) has nothing to do for a hook's name, so it is stored directly.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
