@@ -12,7 +12,7 @@ validation, on the CPU. "adaptive" runs with ``MALLOC_ARENA_MAX=8`` in the envir
 which makes groupwise leave glibc's allocator alone and changes nothing else for a
 single-threaded allocation pattern. A callback records the process's minor page faults and
 the clock at the start of every step; the second half of the steps is reported (the heap
-has grown to its size by then): median faults per step and median ms per step, per fit,
+has grown to its size by then): mean faults per step and mean ms per step, per fit,
 then the median over ``--rounds`` rounds (kept and adaptive back to back, alternating
 which goes first) and the median of the per-round time ratios adaptive / kept.
 ResNet-18 steps take over a second here: give it fewer ``--steps``.
@@ -50,7 +50,8 @@ class StepProbe(Callback):
 
 
 def fit_once(config: Path, data_dir: Path, steps: int, adaptive: bool, root: str) -> tuple:
-    """(median faults per step, median ms per step) over the second half of the steps."""
+    """(faults per step, ms per step) over the second half of the steps: means, since the
+    faults come in bursts on some steps."""
     out = Path(root) / "steps.json"
     probe = {"class_path": "bench_host_memory.StepProbe", "init_args": {"out": str(out)}}
     command = [
@@ -75,7 +76,7 @@ def fit_once(config: Path, data_dir: Path, steps: int, adaptive: bool, root: str
     rows = json.loads(out.read_text())[steps // 2 :]
     faults = [b[0] - a[0] for a, b in zip(rows, rows[1:], strict=False)]
     seconds = [b[1] - a[1] for a, b in zip(rows, rows[1:], strict=False)]
-    return statistics.median(faults), statistics.median(seconds) * 1e3
+    return statistics.mean(faults), statistics.mean(seconds) * 1e3
 
 
 def main() -> None:
