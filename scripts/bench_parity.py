@@ -28,10 +28,12 @@ cannot drift apart; the loop itself is hand-written torch with no Lightning.
   plain loop. ``template - bare`` is what the default callbacks and TensorBoard cost.
 
 The four run back to back in one process, in a rotating order, ``--repeats`` times after
-one short warm-up of each. Reports median images/s (steps * batch size / seconds) of each
-and the median of the per-repeat ratios plain / variant, and the median per-step time
-each variant adds to the plain loop's (a per-step overhead in ms; with a small
-``--batch-size`` the net's work shrinks and the fixed cost per step shows). The
+one short warm-up of each. The template's first fit sets glibc's allocator to keep freed
+memory (``groupwise.host_memory``, process-wide), so the plain loop runs with it too: the
+ratio is of the loops, not of the allocators. Reports median images/s (steps * batch
+size / seconds) of each and the median of the per-repeat ratios plain / variant, and the
+median per-step time each variant adds to the plain loop's (a per-step overhead in ms;
+with a small ``--batch-size`` the net's work shrinks and the fixed cost per step shows). The
 DataModule's decode cache must exist (run ``groupwise fit`` or ``scripts/bench_loader.py``
 once).
 """

@@ -1,15 +1,15 @@
 """Keep freed host memory for the next step instead of handing it back to the OS (glibc).
 
-A CPU training step allocates its activations and gradients (megabytes: FastNet at batch
-128 about 40 MiB, ResNet-18 far more) and frees them before the next step. glibc's
+A CPU training step allocates its activations and gradients (megabytes to gigabytes,
+by net and batch) and frees them before the next step. glibc's
 ``malloc`` gives memory back to the kernel when more than its trim threshold lies free at
 the top of its heap, and serves large blocks with ``mmap``; both thresholds adapt at run
 time, but not to this pattern, so every step touches freshly mapped pages again: a minor
-page fault (a kernel entry and 4 KiB zeroed) per page. Measured on the 2-core AMD EPYC VM
-(``docs/benchmarks.md``), faults per training step with glibc's defaults: LeNet-5 at
-batch 128 about 420 (a plain loop 30), FastNet 10,700, ResNet-18 490,000; with the two
-thresholds fixed as below: 0, 0 and 47,000, and a step 1.2x (FastNet) to 1.4x (ResNet-18)
-faster.
+page fault (a kernel entry and 4 KiB zeroed) per page. ``bash scripts/bench.sh
+host_memory`` on the 2-core AMD EPYC VM (``docs/benchmarks.md``), faults per training step
+with glibc's adaptive thresholds and with the two fixed as below: LeNet-5 657 and 0,
+FastNet 5,456 and 0, ResNet-18 341,714 and 58,887 (its largest blocks exceed glibc's
+largest mmap threshold); the fixed thresholds made a step 1.26x, 1.14x and 1.22x faster.
 
 What torch and Lightning lack: torch's own CPU launcher (``python -m
 torch.backends.xeon.run_cpu``) preloads tcmalloc or jemalloc for this reason, which needs
