@@ -31,25 +31,21 @@ from groupwise.nets import FastNet
 from groupwise.optim import Muon
 
 
+def median_seconds(work, iterations: int) -> float:
+    """Median seconds of ``work()`` over ``iterations`` calls after 3 warm-up calls."""
+    times = []
+    for _ in range(iterations + 3):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[3:])
+
+
 def forward_backward(net: torch.nn.Module, batch_size: int, iterations: int) -> float:
     """Median seconds of one forward + loss + backward pass of ``batch_size`` images."""
     images = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,))
-    times = []
-    for _ in range(iterations + 3):
-        start = time.perf_counter()
-        F.cross_entropy(net(images), labels).backward()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
-
-
-def step_time(optimizer: torch.optim.Optimizer, iterations: int) -> float:
-    times = []
-    for _ in range(iterations + 3):
-        start = time.perf_counter()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
+    return median_seconds(lambda: F.cross_entropy(net(images), labels).backward(), iterations)
 
 
 def main() -> None:
@@ -85,7 +81,7 @@ def main() -> None:
     sgd = torch.optim.SGD(filters, lr=0.1, momentum=0.9, nesterov=True)
     print(f"optimizer.step() on the {len(filters)} conv filters (median of {args.iterations * 2})")
     for name, optimizer in (("Muon", muon), ("SGD", sgd)):
-        print(f"  {name}: {step_time(optimizer, args.iterations * 2) * 1e3:.2f} ms")
+        print(f"  {name}: {median_seconds(optimizer.step, args.iterations * 2) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def keep_freed_host_memory() -> bool:
         return False
     if not _glibc():
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     trimmed = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     mapped = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     _applied = bool(trimmed and mapped)

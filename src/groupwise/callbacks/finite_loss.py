@@ -53,9 +53,8 @@ class FiniteLossGuard(Callback):
                 f"check_every_n_steps must be a positive integer or None, got {check_every_n_steps}"
             )
         self.check_every_n_steps = check_every_n_steps
-        # (epoch, batch_idx, global_step, lrs) and the loss of each step since the last read
-        self._steps: list[tuple[int, int, int, list[tuple[str, float]]]] = []
-        self._losses: list[torch.Tensor] = []
+        # (loss, epoch, batch_idx, global_step, lrs) of each step since the last read
+        self._pending: list[tuple[torch.Tensor, int, int, int, list[tuple[str, float]]]] = []
         self._read_at = -1  # the global step of the last read on a check step
 
     def every(self, trainer: L.Trainer) -> int:
@@ -73,10 +72,12 @@ class FiniteLossGuard(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        # no tensor op here: a loss that still needs its graph is the only one detached
-        self._losses.append(loss.detach() if loss.requires_grad else loss)
-        # the lrs of every pending step: a per-step schedule changes them between reads
-        self._steps.append((trainer.current_epoch, batch_idx, trainer.global_step, _lrs(trainer)))
+        # no tensor op here: a loss that still needs its graph is the only one detached; the
+        # lrs of every pending step are kept, since a per-step schedule changes them
+        loss = loss.detach() if loss.requires_grad else loss
+        self._pending.append(
+            (loss, trainer.current_epoch, batch_idx, trainer.global_step, _lrs(trainer))
+        )
         step = trainer.global_step  # counts this batch's step; unchanged while accumulating
         if step % self.every(trainer) == 0 and step != self._read_at:
             self._read_at = step
@@ -99,17 +100,16 @@ class FiniteLossGuard(Callback):
     def check(self, trainer: L.Trainer) -> None:
         """Test the pending steps' losses (one host read, and under DDP one reduction across
         the ranks); raise on every rank if any rank's loss was bad at a pending step."""
-        if not self._steps:
+        if not self._pending:
             return
-        pending = self._losses
+        pending = [step[0] for step in self._pending]
         if any(loss.ndim for loss in pending) or len({loss.dtype for loss in pending}) > 1:
             pending = [loss.float().sum() for loss in pending]  # one number per step
         losses = torch.stack(pending).float()
         bad = ~torch.isfinite(losses)
         first = int(torch.where(bad.any(), bad.to(torch.uint8).argmax(), -1))  # the host read
         if not trainer.strategy.reduce_boolean_decision(first >= 0, all=False):
-            self._steps.clear()
-            self._losses.clear()
+            self._pending.clear()
             return
         index, rank = first, trainer.global_rank
         loss = float(losses[first]) if first >= 0 else 0.0
@@ -119,10 +119,10 @@ class FiniteLossGuard(Callback):
             index, rank, loss = min(
                 (int(i), r, value) for r, (i, value) in enumerate(seen) if i >= 0
             )
-        self._raise(trainer, self._steps[index], loss, rank if trainer.world_size > 1 else None)
+        self._raise(trainer, self._pending[index], loss, rank if trainer.world_size > 1 else None)
 
     def _raise(self, trainer: L.Trainer, step: tuple, loss: float, rank: int | None) -> None:
-        epoch, batch_idx, global_step, lrs = step
+        _, epoch, batch_idx, global_step, lrs = step
         saved = [cb.last_model_path or cb.best_model_path for cb in trainer.checkpoint_callbacks]
         kept = ", ".join(p for p in saved if p) or "none written yet"
         where = "" if rank is None else f" on rank {rank}"
