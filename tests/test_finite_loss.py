@@ -8,7 +8,7 @@ import pytest
 import torch
 from cli_run import LENET, quick
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_count import OpCount
 
 from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from groupwise.cli import run
@@ -96,18 +96,6 @@ def test_a_pending_bad_loss_stops_a_checkpoint_save():
 def test_bad_check_every_n_steps():
     with pytest.raises(ValueError, match="positive integer or None, got 0"):
         FiniteLossGuard(check_every_n_steps=0)
-
-
-class OpCount(TorchDispatchMode):
-    """Counts the tensor ops dispatched while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_an_ordinary_step_costs_no_tensor_op(data_dir, tmp_path, monkeypatch):
