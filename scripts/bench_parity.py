@@ -151,11 +151,15 @@ def plain_fit(
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         for first in range(0, n, batch_size):
             index = order[first : first + batch_size]
-            batch = keyed_crop_flip(images[index], index, seed, epoch, data.crop_padding)
+            # the gather of BatchTensorDataset.__getitems__ (index_select, not images[index])
+            batch = keyed_crop_flip(
+                images.index_select(0, index), index, seed, epoch, data.crop_padding
+            )
             batch = normalize(batch, CIFAR10_MEAN, CIFAR10_STD)
             if model.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(net(batch), labels[index], label_smoothing=model.label_smoothing)
+            target = labels.index_select(0, index)
+            loss = F.cross_entropy(net(batch), target, label_smoothing=model.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -49,9 +49,13 @@ class BatchTensorDataset(TensorDataset):
     """
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        """The batch's tensors, then the indices themselves (which key its augmentation)."""
+        """The batch's tensors, then the indices themselves (which key its augmentation).
+
+        ``index_select`` rather than ``t[index]``: advanced indexing gathers a uint8 image
+        batch element by element (128 CIFAR-10 images: ~110 us on a 2-core CPU, ~230 us
+        in a training step), ``index_select`` copies each image's row whole (~8 us)."""
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return (*(t[index] for t in self.tensors), index)
+        return (*(t.index_select(0, index) for t in self.tensors), index)
 
 
 class EpochRandomSampler(RandomSampler):
