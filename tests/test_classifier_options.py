@@ -170,6 +170,36 @@ def test_the_train_accuracy_costs_five_tensor_ops_per_batch(tmp_path):
     assert counts == [5, 5, 5]
 
 
+# ---- gradient clipping -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "clip", [{}, {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"},
+             {"gradient_clip_val": 0.05}],  # fmt: skip
+    ids=["none", "value", "norm"],
+)
+def test_trainer_gradient_clipping_is_applied_to_the_step(clip):
+    """One SGD step (lr 1, no momentum) moves the weights by exactly the clipped gradient:
+    elementwise clamp for "value", a rescale to norm <= val over all parameters for
+    "norm" (Lightning's default algorithm), nothing without a clip value."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    images, labels = torch.randn(4, 3, 4, 4), torch.randint(0, 10, (4,))
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = F.cross_entropy(net(images), labels)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    if clip.get("gradient_clip_algorithm") == "value":
+        grads = [g.clamp(-0.01, 0.01) for g in grads]
+    elif clip:
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        assert norm > 0.05  # the clip changes something
+        grads = [g * (0.05 / (norm + 1e-6)) for g in grads]
+    model = Classifier(net=net, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    trainer(max_steps=1, limit_val_batches=0, **clip).fit(model, loader(images, labels, 4))
+    for start, grad, after in zip(before, grads, net.parameters(), strict=True):
+        torch.testing.assert_close(after.detach(), start - grad)
+
+
 # ---- channels_last ------------------------------------------------------------------------
 
 

@@ -276,6 +276,20 @@ class Classifier(LightningModule):
         ``CombinedOptimizer`` when a rule names its own (``groupwise.optim.per_group``)."""
         return build_optimizer(self.net, self.param_groups, self.optimizer, self.no_decay_split)
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's, returning at once when there is nothing to clip: Lightning calls
+        this hook after every backward and its ``clip_gradients`` checks the algorithm
+        against its enum before finding a clip value of 0 (~30 us of a CPU step)."""
+        if gradient_clip_val:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
         options = group_options(optimizer)  # as configured, before a scheduler changes them
