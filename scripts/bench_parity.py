@@ -26,8 +26,14 @@ cannot drift apart; the loop itself is hand-written torch with no Lightning.
   callback and no logger at all (only the timer): what Lightning's loop and the
   LightningModule's own per-step work (hooks, closure, train accuracy) cost beside the
   plain loop. ``template - bare`` is what the default callbacks and TensorBoard cost.
+* minimal Lightning (an attribution variant): the plain loop's work as the smallest
+  LightningModule (``training_step`` = crop/flip, normalise, net, loss;
+  ``configure_optimizers`` = the same optimizer and schedule) with a plain DataLoader, in
+  a ``lightning.Trainer`` with everything off (no logger, checkpoint, bar or summary; only
+  the timer) and Lightning's default profiler: what Lightning's loop costs by itself, the
+  floor of any Lightning template.
 
-The four run back to back in one process, in a rotating order, ``--repeats`` times after
+The five run back to back in one process, in a rotating order, ``--repeats`` times after
 one short warm-up of each. The template's first fit sets glibc's allocator to keep freed
 memory (``groupwise.host_memory``, process-wide), so the plain loop runs with it too: the
 ratio is of the loops, not of the allocators. Reports median images/s (steps * batch
@@ -50,14 +56,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch import Callback
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
 from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
-from groupwise.data.cifar10 import global_seed
+from groupwise.data.cifar10 import (
+    BatchTensorDataset,
+    EpochRandomSampler,
+    global_seed,
+    pass_through_collate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,6 +187,64 @@ def plain_fit(
     return time.perf_counter() - start
 
 
+class MinimalModule(L.LightningModule):
+    """The plain loop's step as the smallest LightningModule: no metric, no logging."""
+
+    def __init__(self, cli, steps: int) -> None:
+        super().__init__()
+        model, data = cli.model, cli.datamodule
+        self.net, self.steps, self.source = model.net, steps, model
+        self.seed, self.padding = global_seed(), data.crop_padding
+        self.channels_last, self.label_smoothing = model.channels_last, model.label_smoothing
+
+    def training_step(self, batch, batch_idx):
+        images, labels, index = batch
+        images = keyed_crop_flip(images, index, self.seed, self.current_epoch, self.padding)
+        images = normalize(images, CIFAR10_MEAN, CIFAR10_STD)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return F.cross_entropy(self.net(images), labels, label_smoothing=self.label_smoothing)
+
+    def configure_optimizers(self):
+        optimizer = self.source.build_optimizer()
+        if self.source.scheduler is None:
+            return optimizer
+        interval = self.source.scheduler_interval
+        length = self.steps if interval == "step" else None
+        scheduler = self.source.build_scheduler(optimizer, length)
+        schedule = {"scheduler": scheduler, "interval": interval}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def minimal_fit(
+    config: Path, data_dir: Path, steps: int, root: str, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, float]:
+    """Seconds of the same training as :class:`MinimalModule` in a bare ``lightning.Trainer``
+    (everything off, Lightning's default profiler), and the part outside the steps."""
+    cli = run(cli_args(config, data_dir, steps, root, lean=True), run=False)
+    module = MinimalModule(cli, steps)
+    if module.channels_last:
+        module.net.to(memory_format=torch.channels_last)
+    dataset = BatchTensorDataset(images, labels)
+    loader = DataLoader(
+        dataset,
+        batch_size=cli.datamodule.batch_size,
+        sampler=EpochRandomSampler(dataset, global_seed()),
+        collate_fn=pass_through_collate,
+    )
+    timer = TrainTimer()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, precision="32-true", max_steps=steps,
+        limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    if trainer.global_step != steps:
+        raise RuntimeError(f"minimal Lightning ran {trainer.global_step} steps, not {steps}")
+    return timer.end - timer.start, timer.outside_steps
+
+
 def profile(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> None:
     """Print the seconds per step of the functions where a template fit and a plain loop
     spend their time (cProfile, cumulative), side by side."""
@@ -257,13 +328,16 @@ def main() -> None:
         profile(args, images, labels)
         return
 
-    kinds = ["template", "plain", "lean", "bare"]
+    kinds = ["template", "plain", "lean", "bare", "minimal"]
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     outside: dict[str, list[float]] = {kind: [] for kind in kinds}
 
     def fit(kind: str, steps: int, root: str) -> tuple[float, float]:
         if kind == "plain":
             return plain_fit(args.config, args.data_dir, steps, root, images, labels), 0.0
+        if kind == "minimal":
+            with contextlib.redirect_stderr(io.StringIO()):
+                return minimal_fit(args.config, args.data_dir, steps, root, images, labels)
         # the progress bar is drawn (as in a terminal) into a buffer, kept off our table
         with contextlib.ExitStack() as quiet:
             if not args.show_logs:
@@ -297,6 +371,7 @@ def main() -> None:
         "template": "template fit (all default callbacks)",
         "lean": "template fit, no progress bar, no GroupStats",
         "bare": "Lightning alone: no callback, no logger",
+        "minimal": "minimal Lightning: 10-line module, bare Trainer",
     }
     print(
         f"\n{args.config.name} ({net_name}), {args.data_dir.name} ({len(labels):,} training"
@@ -309,7 +384,7 @@ def main() -> None:
         f"{'':<{width}}  {'median img/s':>12}  {'median ratio vs plain (min-max)':>31}"
         f"  {'ms/step over plain':>18}"
     )
-    for kind in ("plain", "template", "lean", "bare"):
+    for kind in ("plain", "template", "lean", "bare", "minimal"):
         images_per_s = statistics.median(rate(s) for s in seconds[kind])
         if kind == "plain":
             print(f"{names[kind]:<{width}}  {images_per_s:>12,.0f}  {'1':>31}  {'0':>18}")
@@ -323,7 +398,7 @@ def main() -> None:
         "ratio = plain seconds / variant seconds of the same round (throughput ratio);"
         " ms/step over plain = median over rounds of (variant - plain seconds) / steps"
     )
-    for kind in ("template", "lean", "bare"):
+    for kind in ("template", "lean", "bare", "minimal"):
         print(
             f"{kind}: median {statistics.median(outside[kind]):.3f} s of "
             f"{statistics.median(seconds[kind]):.3f} s outside the steps (before the first "
