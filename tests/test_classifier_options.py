@@ -173,10 +173,11 @@ def test_the_train_accuracy_costs_five_tensor_ops_per_batch(tmp_path):
 # ---- gradient clipping -----------------------------------------------------------------
 
 
+BY_VALUE = {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"}
+
+
 @pytest.mark.parametrize(
-    "clip", [{}, {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"},
-             {"gradient_clip_val": 0.05}],  # fmt: skip
-    ids=["none", "value", "norm"],
+    "clip", [{}, BY_VALUE, {"gradient_clip_val": 0.05}], ids=["none", "value", "norm"]
 )
 def test_trainer_gradient_clipping_is_applied_to_the_step(clip):
     """One SGD step (lr 1, no momentum) moves the weights by exactly the clipped gradient:
