@@ -15,6 +15,17 @@ def test_accuracy_is_the_fraction_of_images_right_not_a_class_average():
         assert float(accuracy(predictions, labels)) == pytest.approx(0.75)
 
 
+def test_train_accuracy_takes_logits_or_classes_and_is_zero_before_any_image():
+    model = Classifier(net=LeNet5())
+    logits = torch.tensor([[0.0, 2.0], [3.0, 1.0], [0.0, 1.0]])  # classes 1, 0, 1
+    model.train_acc.update(logits, torch.tensor([1, 1, 1]))
+    model.train_acc.update(torch.tensor([0]), torch.tensor([0]))
+    assert float(model.train_acc.compute()) == pytest.approx(3 / 4)
+    model.train_acc.reset()
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert float(model.train_acc.compute()) == 0.0  # as MulticlassAccuracy gives
+
+
 def test_wrong_number_of_logits_is_a_clear_error():
     model = Classifier(net=LeNet5(num_classes=7), num_classes=10)
     batch = (torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.int64))

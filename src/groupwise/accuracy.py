@@ -40,4 +40,5 @@ class TrainAccuracy(Metric):
         self.total.add_(target.numel())
 
     def compute(self) -> torch.Tensor:
-        return self.correct / self.total
+        """The fraction right; 0 before any image (as ``MulticlassAccuracy`` gives)."""
+        return self.correct / self.total.clamp_min(1)
