@@ -7,7 +7,7 @@ subprocess: the thresholds are per process and cannot be unset), one epoch of 1,
 fabricated training images in batches of 128 (16 steps), logging every 50 steps (so no
 step in it logs); the faults are counted from the start of one step to the start of the
 next, and the median over the seventh to the fifteenth step is compared (the sixteenth is
-a shorter batch). Before that the heap is still growing to the size a step needs, and now
+a shorter batch; with the allocator left alone, their mean). Before that the heap is still growing to the size a step needs, and now
 and then it still grows later (one step in a run, by a few MiB).
 """
 
@@ -62,8 +62,11 @@ def test_a_cpu_fit_touches_no_fresh_host_memory_per_step(images_2000, tmp_path):
 
 
 def test_an_allocator_configured_by_the_environment_is_left_alone(images_2000, tmp_path):
+    # glibc's adaptive thresholds fault in bursts: a step maps thousands of pages afresh,
+    # the next one or two none (one run: 0, 0, 1949, 3844, 0, 0, 10540, 3783, 2), so the
+    # mean over the same steps, not their median, tells them from kept memory
     faults = faults_per_step(images_2000, tmp_path, MALLOC_ARENA_MAX="8")
-    assert steady(faults) > 500, f"minor page faults per step: {faults}"
+    assert statistics.mean(faults[6:15]) > 500, f"minor page faults per step: {faults}"
 
 
 @pytest.mark.parametrize(
