@@ -7,8 +7,9 @@ subprocess: the thresholds are per process and cannot be unset), one epoch of 1,
 fabricated training images in batches of 128 (16 steps), logging every 50 steps (so no
 step in it logs); the faults are counted from the start of one step to the start of the
 next, and the median over the seventh to the fifteenth step is compared (the sixteenth is
-a shorter batch; with the allocator left alone, their mean). Before that the heap is still growing to the size a step needs, and now
-and then it still grows later (one step in a run, by a few MiB).
+a shorter batch; with the allocator left alone, their mean). Before that the heap is still
+growing to the size a step needs, and now and then it still grows later (one step in a
+run, by a few MiB).
 """
 
 import json
