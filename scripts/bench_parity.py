@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -64,7 +65,7 @@ from torch.utils.data import DataLoader
 
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.cli import run
-from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
+from groupwise.data.batch_augment import keyed_crop_flip, normalize
 from groupwise.data.cifar10 import (
     BatchTensorDataset,
     EpochRandomSampler,
@@ -139,6 +140,27 @@ def template_fit(
     return timer.end - timer.start, timer.outside_steps
 
 
+def optimization(model, steps: int) -> tuple[torch.optim.Optimizer, Any, str | None]:
+    """The config's optimizer, its scheduler (or None) and the scheduler's interval, built
+    as the template's fit builds them (a per-step schedule is ``steps`` long)."""
+    optimizer = model.build_optimizer()
+    if model.scheduler is None:
+        return optimizer, None, None
+    interval = model.scheduler_interval
+    scheduler = model.build_scheduler(optimizer, steps if interval == "step" else None)
+    return optimizer, scheduler, interval
+
+
+def batch_loss(model, net, batch, seed: int, epoch: int, padding: int) -> torch.Tensor:
+    """The step's work in both hand-written variants: keyed crop and flip, normalisation,
+    channels_last if the config says so, the net and the loss of the config."""
+    images, labels, index = batch
+    images = normalize(keyed_crop_flip(images, index, seed, epoch, padding))
+    if model.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return F.cross_entropy(net(images), labels, label_smoothing=model.label_smoothing)
+
+
 def plain_fit(
     config: Path, data_dir: Path, steps: int, root: str, images: torch.Tensor, labels: torch.Tensor
 ) -> float:
@@ -150,11 +172,8 @@ def plain_fit(
     net = model.net
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = model.build_optimizer()
-    per_step = model.scheduler is not None and model.scheduler_interval == "step"
-    scheduler = None
-    if model.scheduler is not None:  # built as fit builds it; a per-step run is `steps` long
-        scheduler = model.build_scheduler(optimizer, steps if per_step else None)
+    optimizer, scheduler, interval = optimization(model, steps)
+    per_step = interval == "step"
     net.train()
     n, batch_size = len(labels), data.batch_size
     step = epoch = 0
@@ -165,14 +184,8 @@ def plain_fit(
         for first in range(0, n, batch_size):
             index = order[first : first + batch_size]
             # the gather of BatchTensorDataset.__getitems__ (index_select, not images[index])
-            batch = keyed_crop_flip(
-                images.index_select(0, index), index, seed, epoch, data.crop_padding
-            )
-            batch = normalize(batch, CIFAR10_MEAN, CIFAR10_STD)
-            if model.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            target = labels.index_select(0, index)
-            loss = F.cross_entropy(net(batch), target, label_smoothing=model.label_smoothing)
+            batch = images.index_select(0, index), labels.index_select(0, index), index
+            loss = batch_loss(model, net, batch, seed, epoch, data.crop_padding)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -192,26 +205,16 @@ class MinimalModule(L.LightningModule):
 
     def __init__(self, cli, steps: int) -> None:
         super().__init__()
-        model, data = cli.model, cli.datamodule
-        self.net, self.steps, self.source = model.net, steps, model
-        self.seed, self.padding = global_seed(), data.crop_padding
-        self.channels_last, self.label_smoothing = model.channels_last, model.label_smoothing
+        self.net, self.steps, self.source = cli.model.net, steps, cli.model
+        self.seed, self.padding = global_seed(), cli.datamodule.crop_padding
 
     def training_step(self, batch, batch_idx):
-        images, labels, index = batch
-        images = keyed_crop_flip(images, index, self.seed, self.current_epoch, self.padding)
-        images = normalize(images, CIFAR10_MEAN, CIFAR10_STD)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return F.cross_entropy(self.net(images), labels, label_smoothing=self.label_smoothing)
+        return batch_loss(self.source, self.net, batch, self.seed, self.current_epoch, self.padding)
 
     def configure_optimizers(self):
-        optimizer = self.source.build_optimizer()
-        if self.source.scheduler is None:
+        optimizer, scheduler, interval = optimization(self.source, self.steps)
+        if scheduler is None:
             return optimizer
-        interval = self.source.scheduler_interval
-        length = self.steps if interval == "step" else None
-        scheduler = self.source.build_scheduler(optimizer, length)
         schedule = {"scheduler": scheduler, "interval": interval}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
@@ -223,7 +226,7 @@ def minimal_fit(
     (everything off, Lightning's default profiler), and the part outside the steps."""
     cli = run(cli_args(config, data_dir, steps, root, lean=True), run=False)
     module = MinimalModule(cli, steps)
-    if module.channels_last:
+    if cli.model.channels_last:
         module.net.to(memory_format=torch.channels_last)
     dataset = BatchTensorDataset(images, labels)
     loader = DataLoader(

@@ -53,7 +53,7 @@ def dispatch(
     for callback in trainer.callbacks:
         fn = getattr(callback, hook_name)
         if getattr(fn, "__func__", None) is not empty and callable(fn):
-            fn(trainer, trainer.lightning_module, *args, **kwargs)
+            fn(trainer, pl_module, *args, **kwargs)
     if pl_module:
         pl_module._current_fx_name = prev_fx_name
 
