@@ -25,10 +25,7 @@ below fails, saying which name, if a Lightning release renames it or stops calli
   sync come back if the name changes;
 - ``LightningModule._trainer``: read by ``Classifier``'s checkpoint hooks, which also run
   without a trainer (``Classifier.load_from_checkpoint``), where the public ``trainer``
-  property raises;
-- ``lightning.pytorch.trainer.call._call_callback_hooks``: replaced by
-  ``groupwise.hook_dispatch.dispatch`` for trainers with ``NoProfiler`` (the same calls
-  without the empty ones; ``tests/test_hook_dispatch.py`` compares them in a real fit).
+  property raises.
 """
 
 import pytest
@@ -37,7 +34,6 @@ from cli_run import LENET
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from groupwise import hook_dispatch
 from groupwise.callbacks.ema import EMAWeightAveraging
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.callbacks.progress_bar import ProgressBar
@@ -152,18 +148,3 @@ def test_training_epoch_loop_still_broadcasts_sigterm_through_one_method():
     assert "self._broadcast_sigterm_tensor()" in source
     assert "received_sigterm" in inspect.getsource(_TrainingEpochLoop._broadcast_sigterm_tensor)
     assert "received_sigterm" not in source
-
-
-def test_callback_hooks_are_still_dispatched_by_one_function():
-    """Lightning's loops call ``call._call_callback_hooks(trainer, hook_name, *args,
-    monitoring_callbacks=None, **kwargs)`` through the module attribute."""
-    import inspect
-
-    from lightning.pytorch.loops import training_epoch_loop
-    from lightning.pytorch.trainer import call
-
-    parameters = inspect.signature(hook_dispatch._lightning_dispatch).parameters
-    assert list(parameters) == ["trainer", "hook_name", "args", "monitoring_callbacks", "kwargs"]
-    source = inspect.getsource(training_epoch_loop._TrainingEpochLoop.advance)
-    assert 'call._call_callback_hooks(trainer, "on_train_batch_start"' in source
-    assert hook_dispatch._lightning_dispatch.__module__ == call.__name__

@@ -60,7 +60,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info
 
-from groupwise import hook_dispatch
 from groupwise.callbacks.confusion_matrix import ConfusionMatrix
 from groupwise.callbacks.custom_scalars import CustomScalars
 from groupwise.callbacks.finite_loss import FiniteLossGuard
@@ -162,7 +161,6 @@ class GroupwiseCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if type(trainer.profiler) is PassThroughProfiler:  # Lightning's default: none set
             trainer.profiler = NoProfiler()
-        hook_dispatch.install()  # only NoProfiler trainers skip the empty hooks
         if isinstance(trainer.accelerator, CPUAccelerator):
             keep_freed_host_memory()  # process-wide: see groupwise.host_memory
         trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
