@@ -281,3 +281,29 @@ def test_lr_scale_scales_the_group_s_own_optimizer_s_lr():
         ("filters", 0.1),  # half of Muon's 0.2, not of SGD's 0.1
         ("default", 0.1),
     ]
+
+
+def test_state_reads_and_writes_reach_the_children_as_torch_s_defaultdict_does():
+    """Torch-style code (a Lookahead's slow weights, a custom buffer) reads
+    ``optimizer.state[p]`` of a parameter without state and writes into it: torch's
+    ``state`` is a ``defaultdict(dict)``, so the read gives ``{}`` and the writes stay."""
+    net, optimizer = build()
+    assert optimizer.state[net.head.bias] == {}  # no state yet: an empty dict, no KeyError
+    optimizer.state[net.head.bias]["slow"] = torch.full((2,), 3.0)
+    assert torch.equal(optimizer.state[net.head.bias]["slow"], torch.full((2,), 3.0))
+    # the write is the child's, so it is saved and restored with the child's state
+    owner = optimizer.group_optimizers[-1]
+    assert torch.equal(owner.state[net.head.bias]["slow"], torch.full((2,), 3.0))
+    saved = optimizer.state_dict()
+    assert torch.equal(saved["state"][4]["slow"], torch.full((2,), 3.0))
+    # assigning a whole entry (as Lightning's _optimizer_to_device does) reaches it too
+    optimizer.state[net.conv.weight] = {"momentum_buffer": torch.ones(4, 3, 3, 3)}
+    assert torch.equal(
+        optimizer.group_optimizers[1].state[net.conv.weight]["momentum_buffer"],
+        torch.ones(4, 3, 3, 3),
+    )
+    assert set(optimizer.state) == {net.head.bias, net.conv.weight}
+    assert len(optimizer.state) == 2
+    del optimizer.state[net.conv.weight]
+    assert net.conv.weight not in optimizer.group_optimizers[1].state
+    assert list(optimizer.state.items()) == [(net.head.bias, owner.state[net.head.bias])]

@@ -21,15 +21,17 @@ a step with inf gradients), ``GroupStats``, ``FreezeGroups`` and ``FiniteLossGua
   (naming the group and both classes).
 - ``add_param_group(group)`` gives the group to a new child made by ``default`` (or,
   without one, to the first child).
-- ``state`` is a read-only merged view of the children's states (the per-parameter dicts
-  are the children's own, so moving their tensors in place, as Lightning does after a
-  restore, moves the children's).
+- ``state`` behaves as torch's ``defaultdict(dict)`` over every group's parameters, and
+  each read or write goes to the child that owns the parameter (``CombinedState``): a
+  parameter without state reads as ``{}``, and ``state[p][key] = value``,
+  ``state[p] = {...}`` and ``del state[p]`` change that child's state, so what they write
+  is saved with it.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -93,6 +95,7 @@ class CombinedOptimizer(Optimizer):
         self._patch_step_function()
         self._warned_capturable_if_run_uncaptured = True
         self.param_groups: list[dict[str, Any]] = []
+        self.state = CombinedState(self.optimizers)
         # (child index, group index in the child) of each combined group
         self._owners: list[tuple[int, int]] = []
         self._set_order(order)
@@ -145,13 +148,6 @@ class CombinedOptimizer(Optimizer):
     def group_optimizers(self) -> list[Optimizer]:
         """The child of each group, in ``param_groups`` order."""
         return [self.optimizers[c] for c, _ in self._owners]
-
-    @property
-    def state(self) -> dict[torch.Tensor, Any]:  # type: ignore[override]
-        merged: dict[torch.Tensor, Any] = {}
-        for child in self.optimizers:
-            merged.update(child.state)
-        return merged
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -282,6 +278,52 @@ class CombinedOptimizer(Optimizer):
                 zip(self.param_groups, self.group_optimizers, strict=True)
             )
         )
+
+
+class CombinedState(MutableMapping):
+    """The children's ``state`` as one mapping, as torch's ``Optimizer.state`` is one
+    ``defaultdict(dict)``: what torch lacks is a ``state`` shared by several optimizers.
+
+    A key is looked up in the child whose groups hold it (a missing parameter gets the
+    child's own empty entry, as its ``defaultdict`` makes one); a key that is no
+    parameter of any child keeps its entry here, and is not saved.
+    """
+
+    def __init__(self, optimizers: Sequence[Optimizer]) -> None:
+        self._optimizers = optimizers  # the CombinedOptimizer's list: later children too
+        self._others: defaultdict[Any, Any] = defaultdict(dict)
+
+    def _state_of(self, key: Any) -> MutableMapping:
+        """The state mapping that holds ``key``: its owner's, else this one's own."""
+        for child in self._optimizers:
+            if key in child.state or any(
+                key is param for group in child.param_groups for param in group["params"]
+            ):
+                return child.state
+        return self._others
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._state_of(key)[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._state_of(key)[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._state_of(key)[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        for child in self._optimizers:
+            yield from child.state
+        yield from self._others
+
+    def __len__(self) -> int:
+        return sum(len(child.state) for child in self._optimizers) + len(self._others)
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in child.state for child in self._optimizers) or key in self._others
+
+    def __repr__(self) -> str:
+        return f"CombinedState({dict(self)!r})"
 
 
 def _packing_order(optimizer: Optimizer) -> dict[int, torch.Tensor]:
