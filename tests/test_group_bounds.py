@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import LENET, quick, scalars
+from cli_run import LENET, ROOT, groupwise, quick, scalars
 from lightning.pytorch import Trainer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from groupwise.classifier import Classifier
 from groupwise.cli import run
+from groupwise.errors import ConfigError
 from groupwise.data.cifar10 import CIFAR10DataModule
 from groupwise.nets import LeNet5
 
+FAST_MUON = str(ROOT / "configs" / "fast_muon.yaml")
 LENET_GROUPS = [  # configs/lenet.yaml: features at the optimizer's lr, classifier at 10x
     {"name": "features", "modules": ["features"]},
     {"name": "classifier", "modules": ["classifier"], "lr_scale": 10.0},
@@ -108,3 +110,82 @@ def test_a_callable_that_gives_every_group_one_lr_is_an_error_naming_the_fix(dat
         "(YAML class_path, or functools.partial), whose single max_lr is then scaled per group"
     )
     assert trainer.global_step == 0
+
+
+def one_cycle_momenta(steps: int, **kwargs) -> list[float]:
+    """The momentum of a lone SGD group at steps 0 .. steps-1 of torch's ``OneCycleLR``."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    scheduler = OneCycleLR(optimizer, total_steps=steps, **kwargs)
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_cycled_momentum_keeps_each_group_s_ratio_to_the_optimizer_s(data_dir, tmp_path):
+    """configs/fast_muon.yaml: Muon filters at momentum 0.8, SGD (norm, head) at 0.9.
+    OneCycleLR's momentum bounds (0.85 to 0.95) are scaled by each group's ratio to the
+    optimizer's momentum, as max_lr is by the lr ratio: the filters cycle at 0.8/0.9 of the
+    SGD groups at every step (torch alone gives all three one curve)."""
+    fit = run(
+        ["fit", "--config", FAST_MUON]
+        + quick(data_dir, tmp_path, "--trainer.max_epochs", "2", "--model.channels_last")
+        + ["false", "--model.scheduler", "torch.optim.lr_scheduler.OneCycleLR"]
+        + ["--model.scheduler.init_args.max_lr", "0.1"]
+    )
+    assert fit.trainer.global_step == 6
+    logged = scalars(Path(fit.trainer.log_dir))
+    momenta = {g: [v for _, v in logged[f"lr-SGD/{g}-momentum"]] for g in ("filters", "norm")}
+    default = [v for _, v in logged["lr-SGD/default-momentum"]]
+    assert default == pytest.approx(one_cycle_momenta(6, max_lr=0.1), rel=1e-6)
+    assert momenta["norm"] == default
+    assert momenta["filters"] == pytest.approx([m * 0.8 / 0.9 for m in default], rel=1e-6)
+
+
+ADAMW_HEAD = (
+    '[{"name": "features", "modules": ["features"]}, {"name": "classifier", "modules": '
+    '["classifier"], "optimizer": "torch.optim.AdamW"}]'
+)
+
+
+def test_cycled_momentum_over_groups_that_read_different_keys_is_one_error(data_dir, tmp_path):
+    """An AdamW group under an SGD default: torch would write a ``momentum`` key that AdamW
+    never reads and leave its ``betas`` fixed."""
+    with pytest.raises(ConfigError) as error:
+        run(
+            ["fit", "--config", LENET]
+            + quick(data_dir, tmp_path, "--model.param_groups", ADAMW_HEAD, "--model.scheduler")
+            + ["torch.optim.lr_scheduler.OneCycleLR", "--model.scheduler.init_args.max_lr"]
+            + ["0.1", "--model.scheduler_interval", "step"]
+        )
+    assert str(error.value) == (
+        "OneCycleLR with cycle_momentum writes one key into every group, momentum (as SGD, "
+        "the model's optimizer, reads it), but the groups' optimizers read different keys "
+        "(features: momentum 0.9 (SGD), classifier: betas[0] 0.9 (AdamW)): set "
+        "cycle_momentum: false, so that each group keeps its own momentum"
+    )
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_an_adamw_default_with_a_muon_group_is_one_error_not_a_key_error(data_dir, tmp_path):
+    groups = (
+        '[{"name": "features", "params": ["features.0.weight", "features.3.weight"], '
+        '"optimizer": "groupwise.optim.Muon"}]'
+    )
+    result = groupwise(
+        "fit", "--config", LENET,
+        *quick(data_dir, tmp_path, "--model.param_groups", groups, "--model.optimizer"),
+        "torch.optim.AdamW", "--model.scheduler", "torch.optim.lr_scheduler.CyclicLR",
+        "--model.scheduler.init_args.base_lr", "0.001", "--model.scheduler.init_args.max_lr",
+        "0.01", "--model.scheduler_interval", "step",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: CyclicLR with cycle_momentum writes one key into every group, betas[0] (as "
+        "AdamW, the model's optimizer, reads it), but the groups' optimizers read different "
+        "keys (features: momentum 0.95 (Muon), default: betas[0] 0.9 (AdamW)): set "
+        "cycle_momentum: false, so that each group keeps its own momentum"
+    )
+    assert not (tmp_path / "lightning_logs").exists()
