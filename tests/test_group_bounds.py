@@ -13,8 +13,8 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from groupwise.classifier import Classifier
 from groupwise.cli import run
-from groupwise.errors import ConfigError
 from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.errors import ConfigError
 from groupwise.nets import LeNet5
 
 FAST_MUON = str(ROOT / "configs" / "fast_muon.yaml")

@@ -126,7 +126,12 @@ def scaled_momenta(
             f"scaled by their ratio to it: {fix}"
         )
     scaled = _scaled(given, MOMENTUM_BOUNDS, [m / key[1] for m in momenta])
-    high = [(n, b) for bounds in scaled.values() for n, b in zip(names, bounds) if b >= 1]
+    high = [
+        (name, bound)
+        for bounds in scaled.values()
+        for name, bound in zip(names, bounds, strict=True)
+        if bound >= 1
+    ]
     if high:
         raise ConfigError(
             f"{scheduler} with cycle_momentum: the groups' momenta ({listing}) scaled by their "
