@@ -14,8 +14,10 @@ import pytest
 import torch
 from cli_run import LENET, groupwise, load, quick
 from fake_cifar import write_image_folder
+from lightning.pytorch.callbacks import Callback
 from test_resume import fault
 
+from groupwise.callbacks import EMAWeightAveraging
 from groupwise.checkpoint.io import CheckpointError
 from groupwise.cli import run
 
@@ -169,4 +171,29 @@ def test_ddp_ranks_hold_identical_averages(tmp_path):
     assert equal(ranks[0], ranks[1])
     last = load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
     assert equal(net_weights(last["state_dict"]), net_weights(ranks[0]))
+    assert int(last["averaging_state"]["n_averaged"]) == 6
+
+
+class RecordAveraged(Callback):
+    """After the EMA callback (listed after it): its update count after each step."""
+
+    def __init__(self) -> None:
+        self.after_step: list[int] = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        (ema_callback,) = [c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)]
+        self.after_step.append(int(ema_callback._average_model.n_averaged))
+
+
+COUNT = '--trainer.callbacks+={"class_path": "test_ema.RecordAveraged"}'
+
+
+def test_update_starting_at_epoch_delays_averaging_to_that_epoch(data_dir, tmp_path):
+    """3 steps per epoch, 3 epochs, averaging from epoch 1: none in epoch 0, then one update
+    per step (no extra one at an epoch end: its weights are the last step's)."""
+    args = quick(data_dir, tmp_path, "--trainer.max_epochs", "3", ema(update_starting_at_epoch=1))
+    fit = run(["fit", "--config", LENET, *args, COUNT])
+    (record,) = [c for c in fit.trainer.callbacks if isinstance(c, RecordAveraged)]
+    assert record.after_step == [0, 0, 0, 1, 2, 3, 4, 5, 6]
+    last = load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
     assert int(last["averaging_state"]["n_averaged"]) == 6

@@ -16,6 +16,12 @@ What it lacks, added here:
   the initial weights long after training has moved on. Validation, ``val/acc``-selected
   checkpoints and the end of training then use those stale weights. Here the average
   follows the training weights until its first update.
+- ``update_starting_at_epoch`` did not delay the step updates: Lightning's
+  ``should_update`` passes every step when ``update_starting_at_step`` is None, and with
+  step updates on it also updates at each epoch end from that epoch, averaging the last
+  step's weights twice. Here a step is averaged only from ``update_starting_at_epoch`` on
+  (and from ``update_starting_at_step``, every ``update_every_n_steps``), and an epoch end
+  only where there are no step updates (``update_every_n_steps: 0``).
 - Its ``setup`` warns that a model overriding ``configure_model`` may run out of memory
   (sharded layers are not supported). ``Classifier.configure_model`` creates no layers (it
   converts the memory format and compiles), so that warning is dropped here.
@@ -44,6 +50,23 @@ class EMAWeightAveraging(LightningEMAWeightAveraging):
     its first update. Arguments as Lightning's: ``decay`` (per update), ``update_every_n_steps``,
     ``update_starting_at_step``, ``update_starting_at_epoch``, ``use_buffers`` (average the
     batch-norm statistics too), ``device``."""
+
+    _epoch = 0  # the epoch of the step being checked (Lightning passes only its index)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        if step_idx is not None:
+            start = self.update_starting_at_epoch
+            reached = start is None or self._epoch >= start
+            return reached and super().should_update(step_idx=step_idx)
+        if epoch_idx is not None and self.update_every_n_steps > 0:
+            return False  # the step updates already averaged this epoch's last weights
+        return super().should_update(epoch_idx=epoch_idx)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._epoch = trainer.current_epoch
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         with warnings.catch_warnings():
