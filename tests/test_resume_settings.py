@@ -56,6 +56,13 @@ def test_the_checkpoint_records_the_settings_as_configured(root):
         "group_options": {},
         "from_trainer": [],
     }
+    assert settings["training"] == {
+        "model.scheduler_interval": "epoch",
+        "trainer.accumulate_grad_batches": 1,
+        "trainer.gradient_clip_val": None,
+        "trainer.gradient_clip_algorithm": None,
+        "trainer.limit_train_batches": 1.0,
+    }
 
 
 CHANGES = {
@@ -108,6 +115,58 @@ CHANGES = {
         ],
     ),
 }  # fmt: skip
+# Settings of the model and the trainer that decide when the scheduler and the optimizer
+# step (issue 21, item 5: an interval changed on resume went on silently)
+TRAINING_CHANGES = {
+    "scheduler interval": (
+        ["--model.scheduler_interval", "step"],
+        ["model.scheduler_interval: config step, checkpoint epoch"],
+    ),
+    "gradient accumulation": (
+        ["--trainer.accumulate_grad_batches", "2"],
+        ["trainer.accumulate_grad_batches: config 2, checkpoint 1"],
+    ),
+    "gradient clipping": (
+        ["--trainer.gradient_clip_val", "0.5"],
+        ["trainer.gradient_clip_val: config 0.5, checkpoint none"],
+    ),
+    "batches per epoch": (
+        ["--trainer.limit_train_batches", "2"],
+        ["trainer.limit_train_batches: config 2, checkpoint 1.0"],
+    ),
+}  # fmt: skip
+TRAINING_HEADER = "other optimizer, scheduler or training settings"
+
+
+@pytest.mark.parametrize("change", list(TRAINING_CHANGES))
+def test_a_resume_with_other_training_settings_names_each_one(root, data_dir, change):
+    args, differences = TRAINING_CHANGES[change]
+    before = snapshot(root)
+    with pytest.raises(CheckpointError) as error:
+        resume(data_dir, root, *args)
+    path = root / LAST
+    assert str(error.value).splitlines() == [
+        f"checkpoint {path} was trained with {TRAINING_HEADER} than this config has:",
+        *(f"  {line}" for line in differences),
+        "A resume would go on under these settings from the checkpoint's state: the run "
+        "would not be the one that was saved. Either",
+        "  - resume the run exactly as it was saved: drop these changes (the run's config.yaml "
+        "holds its settings), or",
+        f"  - start a new run from its weights with these settings: --model.init_weights {path} "
+        "instead of --ckpt_path.",
+    ]
+    assert_kept(root, before)
+
+
+def test_logging_and_the_progress_bar_may_change_on_resume(root, data_dir, tmp_path):
+    recorder = json.dumps({"class_path": "fault_injection.RecordTrainStart"})
+    done = resume(
+        data_dir, root, "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.log_every_n_steps", "7", "--trainer.enable_progress_bar", "true",
+        f"--trainer.callbacks+={recorder}",
+    )  # fmt: skip
+    (recording,) = [c for c in done.trainer.callbacks if isinstance(c, RecordTrainStart)]
+    assert recording.record["epoch"] == 2
 
 
 @pytest.mark.parametrize("change", list(CHANGES))

@@ -32,6 +32,7 @@ from groupwise.checkpoint.compat import (
     saved_layout,
     scheduler_arguments,
     settings_differences,
+    training_settings,
 )
 from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.errors import ConfigError
@@ -298,12 +299,14 @@ class Classifier(LightningModule):
             + format_table(describe_optimizer(optimizer, parameter_names(self.net)))
         )
         if self.scheduler is None:
-            self._check_resume(optimizer_settings(optimizer, options, None))
+            training = training_settings(self.trainer, None)
+            self._check_resume(optimizer_settings(optimizer, options, None, training))
             return optimizer
         length = run_length(self.trainer, self.scheduler_interval)
         scheduler, from_trainer = self._build_scheduler(optimizer, length)
         arguments = scheduler_arguments(scheduler, options, from_trainer)
-        self._check_resume(optimizer_settings(optimizer, options, arguments))
+        training = training_settings(self.trainer, self.scheduler_interval)
+        self._check_resume(optimizer_settings(optimizer, options, arguments, training))
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
@@ -363,7 +366,10 @@ class Classifier(LightningModule):
         options = group_options(probe_optimizer)
         probe, _ = self._build_scheduler(probe_optimizer, saved_length, check_length=False)
         same_length = optimizer_settings(
-            probe_optimizer, options, scheduler_arguments(probe, options, [name])
+            probe_optimizer,
+            options,
+            scheduler_arguments(probe, options, [name]),
+            settings["training"],
         )
         if not self.extend_schedule:  # raises: the length differs
             only_length = not settings_differences(saved, same_length)

@@ -183,20 +183,61 @@ def optimizer_settings(
     optimizer: torch.optim.Optimizer,
     options: Mapping[str, Mapping[str, Any]],
     scheduler: dict[str, Any] | None,
+    training: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint records to check a resume against: the optimizer's class, each
-    group's options as built (``group_options``) and the scheduler (``scheduler_arguments``,
-    or ``None``)."""
+    group's options as built (``group_options``), the scheduler (``scheduler_arguments``,
+    or ``None``) and the settings that decide when it and the optimizer step
+    (``training_settings``)."""
     return {
         "optimizer": qualified_name(type(optimizer)),
         "groups": {name: dict(opts) for name, opts in options.items()},
         "scheduler": scheduler,
+        "training": dict(training or {}),
     }
+
+
+def training_settings(trainer: Any, scheduler_interval: str | None) -> dict[str, Any]:
+    """The settings outside the optimizer and scheduler that decide each group's lr and
+    update at a step, by their config keys: the scheduler's interval (``None`` without a
+    scheduler, where it decides nothing), the gradient accumulation, the gradient clipping
+    (``None`` for none: a clip value of 0 clips nothing, and the algorithm matters only
+    with a value) and the training batches per epoch (which an epoch's lr steps count)."""
+    clip = trainer.gradient_clip_val or None
+    return {
+        "model.scheduler_interval": scheduler_interval,
+        "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "trainer.gradient_clip_val": clip,
+        "trainer.gradient_clip_algorithm": (trainer.gradient_clip_algorithm or "norm")
+        if clip
+        else None,
+        "trainer.limit_train_batches": trainer.limit_train_batches,
+    }
+
+
+def _training_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``settings_differences``'s lines for the training settings; none against a checkpoint
+    that recorded none (it predates them)."""
+    old, new = saved.get("training"), current.get("training") or {}
+    if not old:
+        return []
+    lines = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        config, checkpoint = new.get(key, _ABSENT), old.get(key, _ABSENT)
+        if key in _ONLY_WHERE_SET and None in (config, checkpoint):
+            continue  # no scheduler, or no clipping, on one side: named by its own line
+        if config != checkpoint:
+            lines.append(f"{key}: config {_show(config)}, checkpoint {_show(checkpoint)}")
+    return lines
+
+
+# training settings that decide nothing where they are None (no scheduler, no clipping)
+_ONLY_WHERE_SET = {"model.scheduler_interval", "trainer.gradient_clip_algorithm"}
 
 
 def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """One line per difference: what, the config's value, the checkpoint's value."""
-    lines = []
+    lines = _training_differences(saved, current)
 
     def differ(what: str, config: Any, checkpoint: Any) -> None:
         if config != checkpoint:
@@ -262,6 +303,15 @@ def check_optimizer_settings(
     lines = settings_differences(saved, current)
     if not lines:
         return
+    training = bool(_training_differences(saved, current))
+    what = "optimizer, scheduler or training" if training else "optimizer or scheduler"
+    why = (
+        "A resume would go on under these settings from the checkpoint's state: the run "
+        "would not be the one that was saved. Either"
+        if training
+        else "A resume loads the checkpoint's optimizer and scheduler states, which would "
+        "silently replace these settings. Either"
+    )
     new_run = (
         "  - start a new run from its weights with these settings: "
         f"--model.init_weights {path} instead of --ckpt_path"
@@ -270,11 +320,9 @@ def check_optimizer_settings(
     raise CheckpointError(
         "\n".join(
             [
-                f"{source} was trained with other optimizer or scheduler settings than this "
-                "config has:",
+                f"{source} was trained with other {what} settings than this config has:",
                 *(f"  {line}" for line in lines),
-                "A resume loads the checkpoint's optimizer and scheduler states, which would "
-                "silently replace these settings. Either",
+                why,
                 "  - resume the run exactly as it was saved: drop these changes (the run's "
                 "config.yaml holds its settings), or",
                 *ways,
