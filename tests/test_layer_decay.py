@@ -31,7 +31,7 @@ def under(model: nn.Module, prefix: str) -> set[str]:
     return {name for name, _ in model.named_parameters() if name.startswith(prefix + ".")}
 
 
-def test_resnet18_layers_at_decaying_lrs_and_the_head_at_10x():
+def test_resnet18_layers_at_decaying_lrs_the_stem_below_them_and_the_head_at_10x():
     net = torchvision.models.resnet18(num_classes=10)
     rules = [
         {"name": "backbone", "modules": ["layer1", "layer2", "layer3", "layer4"],
@@ -41,19 +41,24 @@ def test_resnet18_layers_at_decaying_lrs_and_the_head_at_10x():
     # through the Classifier, as fit builds it: the optimizer's own groups
     optimizer = Classifier(net, param_groups=rules, optimizer=sgd).configure_optimizers()
     groups = by_name(optimizer.param_groups)
+    # conv1 and bn1, registered before layer1, are the part below it (issue 26.3: they were
+    # in `default` at the full 0.1, above every decayed layer)
     assert list(groups) == [
-        "backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4",
-        "head", "default",
+        "backbone.stem", "backbone.layer1", "backbone.layer2", "backbone.layer3",
+        "backbone.layer4", "head",
     ]  # fmt: skip
+    assert groups["backbone.stem"]["lr"] == 0.1 * 0.7**5
     assert groups["backbone.layer4"]["lr"] == 0.1 * 0.7
     assert groups["backbone.layer3"]["lr"] == 0.1 * 0.7**2
     assert groups["backbone.layer2"]["lr"] == 0.1 * 0.7**3
     assert groups["backbone.layer1"]["lr"] == 0.1 * 0.7**4
-    assert groups["head"]["lr"] == 1.0 and groups["default"]["lr"] == 0.1  # stem: conv1, bn1
+    assert groups["head"]["lr"] == 1.0
     for layer in ("layer1", "layer2", "layer3", "layer4"):
         assert members(net, groups[f"backbone.{layer}"]) == under(net, layer)
         assert groups[f"backbone.{layer}"]["momentum"] == 0.9
-    assert members(net, groups["default"]) == {"conv1.weight", "bn1.weight", "bn1.bias"}
+    assert members(net, groups["backbone.stem"]) == {"conv1.weight", "bn1.weight", "bn1.bias"}
+    lrs = [group["lr"] for group in optimizer.param_groups[:5]]
+    assert lrs == sorted(lrs)  # from the input side up
 
 
 def sgd(params):
@@ -100,7 +105,9 @@ def test_vit_blocks_star_expands_to_every_block_in_order_with_no_decay_halves():
     groups = by_name(build_param_groups(net, rules, SGD, no_decay_split=True))
     parts = ["patch_embed", "blocks.0", "blocks.1", "blocks.2", "blocks.3"]
     expected = [f"vit.{p}{half}" for p in parts for half in ("", ".no_decay")]
-    assert list(groups) == [*expected, "head", "head.no_decay", "default"]
+    # pos_embed, a parameter of the net itself, is registered before patch_embed: the stem
+    assert list(groups) == ["vit.stem", *expected, "head", "head.no_decay"]
+    assert groups["vit.stem"]["lr"] == 0.02 * 0.75**6
     for depth, part in zip([5, 4, 3, 2, 1], parts, strict=True):
         lr = 0.02 * 0.75**depth  # the rule's own lr, decayed
         assert groups[f"vit.{part}"]["lr"] == lr
@@ -110,7 +117,25 @@ def test_vit_blocks_star_expands_to_every_block_in_order_with_no_decay_halves():
         assert members(net, groups[f"vit.{part}"]) | members(
             net, groups[f"vit.{part}.no_decay"]
         ) == under(net, part)
-    assert members(net, groups["default"]) == {"pos_embed"}  # listed nowhere
+    assert members(net, groups["vit.stem"]) == {"pos_embed"}
+
+
+def test_the_stem_holds_only_what_no_other_rule_takes_and_the_rule_s_patterns():
+    net = torchvision.models.resnet18(num_classes=10)
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    rules = [
+        {"name": "backbone", "modules": layers, "layer_decay": 0.5, "params": ["*.weight"]},
+        {"name": "stem_conv", "modules": ["conv1"], "lr": 0.003},  # a later rule wins
+    ]
+    groups = by_name(build_param_groups(net, rules, SGD))
+    assert members(net, groups["stem_conv"]) == {"conv1.weight"}
+    assert members(net, groups["backbone.stem"]) == {"bn1.weight"}  # bn1.bias: not *.weight
+    assert groups["backbone.stem"]["lr"] == 0.1 * 0.5**5
+    assert "bn1.bias" in members(net, groups["default"])
+    # the stem listed as the first module: nothing below it, no stem part
+    listed = [{"name": "backbone", "modules": ["conv1", "bn1", *layers], "layer_decay": 0.5}]
+    groups = by_name(build_param_groups(net, listed, SGD))
+    assert "backbone.stem" not in groups and groups["backbone.conv1"]["lr"] == 0.1 * 0.5**6
 
 
 @pytest.mark.parametrize(

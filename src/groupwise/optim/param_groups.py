@@ -28,13 +28,18 @@ Semantics:
   (``check_partition``, by identity, naming a parameter by all of its names);
 - a rule with ``layer_decay: 0.7`` and ``modules`` listed from the input side up becomes
   one group per module, ``<name>.<module>``, at the rule's lr x ``0.7 ** depth`` from the
-  top (``expand_layer_decay``); ``blocks.*`` stands for every block of ``blocks`` in order.
-  Group names are dotted paths: ``backbone.layer4.no_decay`` is part of ``backbone``.
+  top (``expand_layer_decay``); ``blocks.*`` stands for every block of ``blocks`` in order;
+  the trainable parameters registered before the first listed module are the part
+  ``<name>.stem``, one depth below it, unless another rule takes them.
+  Group names are dotted paths: ``backbone.layer4.no_decay`` is part of ``backbone``; so a
+  rule's own name has no dot.
 
 Errors (``ParamGroupError``, a ``ValueError``) name the bad value, the nearest valid name
 when it looks like a typo, and what would be valid:
-a rule that matches no parameter, an unknown module name, a duplicate or reserved group
-name, an option the optimizer does not take, ``lr`` together with ``lr_scale``, ``lr_scale``
+a rule that matches no parameter, a module or pattern of a rule that selects none of the
+parameters the rule takes (a typo beside a good pattern, or parameters an earlier rule
+took), an unknown module name, a duplicate or reserved group name, a rule name with a
+dot, an option the optimizer does not take, ``lr`` together with ``lr_scale``, ``lr_scale``
 with an optimizer that has no default ``lr``, a ``layer_decay`` outside (0, 1] or without
 ``modules``.
 """
@@ -42,6 +47,7 @@ with an optimizer that has no default ``lr``, a ``layer_decay`` outside (0, 1] o
 from __future__ import annotations
 
 import fnmatch
+import glob
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -86,9 +92,9 @@ def build_param_groups(
         A list of dicts with ``name``, ``params`` and the group's own options.
     """
     rules = list(rules or [])
-    _check_names(rules)
+    _check_names(rules, written=True)
     own = dict(rule_defaults or {})
-    rules = expand_layer_decay(model, rules, defaults, own)
+    rules, below = _expand(model, rules, defaults, own)
     _check_names(rules)
     for label, opts in [("this one", defaults), *own.values()]:
         if no_decay_split and "weight_decay" not in opts:
@@ -100,40 +106,139 @@ def build_param_groups(
         _group_options(rule, *_rule_optimizer(rule["name"], own, defaults)) for rule in rules
     ]
     prefixes = [_module_prefixes(model, rule) for rule in rules]
+    # the parts below a layer-decay rule's listed modules take only what no other rule takes
+    order = [i for i in range(len(rules)) if i not in below] + sorted(below)
 
-    assigned: list[list[tuple[str, nn.Parameter]]] = [[] for _ in rules]
-    unmatched: list[tuple[str, nn.Parameter]] = []
-    frozen_hits = [0] * len(rules)
-    for names, param in named_parameters_with_aliases(model):
-        index = _first_rule(names, rules, prefixes)
-        if index is None:
-            if param.requires_grad:
-                unmatched.append((names[0], param))
-        elif param.requires_grad:
-            assigned[index].append((names[0], param))
-        else:
-            frozen_hits[index] += 1
+    params = named_parameters_with_aliases(model)
+    owners = [_first_rule(names, rules, prefixes, order) for names, _ in params]
+    for index in range(len(rules)):
+        if index not in below:
+            _check_rule_used(model, rules, prefixes, params, owners, index)
 
     groups: list[dict[str, Any]] = []
-    for rule, opts, members, frozen in zip(rules, options, assigned, frozen_hits, strict=True):
-        if not members and not frozen:
-            modules, params = list(rule.get("modules", [])), list(rule.get("params", []))
-            both = "; with both, a parameter must be in a listed module and match a pattern"
-            raise ParamGroupError(
-                f"parameter group {rule['name']!r} matches no parameter (modules={modules}, "
-                f"params={params}{both if modules and params else ''}); parameter names look "
-                f"like {_examples(model)}"
-            )
-        if not members:
+    for index, (rule, opts) in enumerate(zip(rules, options, strict=True)):
+        members = [
+            (names[0], param)
+            for (names, param), owner in zip(params, owners, strict=True)
+            if owner == index and param.requires_grad
+        ]
+        if not members and index not in below:
             warnings.warn(
                 f"parameter group {rule['name']!r} matches only frozen parameters; "
                 "it is left out of the optimizer",
                 stacklevel=2,
             )
         groups += _split(rule["name"], members, opts, no_decay_split)
+    unmatched = [
+        (names[0], param)
+        for (names, param), owner in zip(params, owners, strict=True)
+        if owner is None and param.requires_grad
+    ]
     groups += _split(DEFAULT_GROUP, unmatched, {}, no_decay_split)
     check_partition(model, groups)
     return groups
+
+
+def _check_rule_used(
+    model: nn.Module,
+    rules: Sequence[Mapping[str, Any]],
+    prefixes: Sequence[Sequence[str]],
+    params: Sequence[tuple[list[str], nn.Parameter]],
+    owners: Sequence[int | None],
+    index: int,
+) -> None:
+    """Raise unless every module and every pattern of rule ``index`` selects at least one
+    parameter that the rule takes (trainable or frozen): a typo in one pattern of a rule
+    whose other patterns match would otherwise go unnoticed, and so would a pattern whose
+    parameters an earlier rule took. The error names the entry and, for a typo, the
+    nearest real name."""
+    rule = rules[index]
+    modules, patterns = list(rule.get("modules", [])), list(rule.get("params", []))
+    entries = [("module", m, [p]) for m, p in zip(modules, prefixes[index], strict=True)]
+    entries += [("pattern", pattern, None) for pattern in patterns]
+    notes = []
+    for kind, entry, entry_prefixes in entries:
+        selected = [
+            position
+            for position, (names, _) in enumerate(params)
+            if any(
+                _selects(name, kind, entry, entry_prefixes, prefixes[index], rule) for name in names
+            )
+        ]
+        if any(owners[position] == index for position in selected):
+            continue
+        notes.append(
+            _unused_note(
+                model, rules, params, owners, kind, entry, selected, prefixes[index], patterns
+            )
+        )
+    taken = any(owner == index for owner in owners)
+    if not taken:
+        both = "; with both, a parameter must be in a listed module and match a pattern"
+        raise ParamGroupError(
+            f"parameter group {rule['name']!r} matches no parameter (modules={modules}, "
+            f"params={patterns}{both if modules and patterns else ''}); parameter names look "
+            f"like {_examples(model)}; " + "; ".join(notes)
+        )
+    if notes:
+        raise ParamGroupError(
+            f"parameter group {rule['name']!r}: " + "; ".join(notes) + "; every module and "
+            "pattern of a rule must select at least one parameter that the rule takes"
+        )
+
+
+def _selects(
+    name: str,
+    kind: str,
+    entry: str,
+    entry_prefixes: Sequence[str] | None,
+    rule_prefixes: Sequence[str],
+    rule: Mapping[str, Any],
+) -> bool:
+    """Whether one module or pattern of a rule selects the parameter name ``name`` (within
+    the rule's modules or patterns when the rule gives both)."""
+    if kind == "module":
+        return _matches(name, entry_prefixes, {"params": rule.get("params", [])})
+    return _matches(name, rule_prefixes, {"params": [entry]})
+
+
+def _unused_note(
+    model: nn.Module,
+    rules: Sequence[Mapping[str, Any]],
+    params: Sequence[tuple[list[str], nn.Parameter]],
+    owners: Sequence[int | None],
+    kind: str,
+    entry: str,
+    selected: Sequence[int],
+    rule_prefixes: Sequence[str],
+    patterns: Sequence[str],
+) -> str:
+    """Why a module or pattern of a rule selects nothing: no such parameter (with the
+    nearest real name), or only parameters that other rules took (naming them)."""
+    if selected:
+        by_rule: dict[str, list[str]] = {}
+        for position in selected:
+            by_rule.setdefault(rules[owners[position]]["name"], []).append(params[position][0][0])
+        taken = ", ".join(
+            f"{name!r} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+            for name, names in by_rule.items()
+        )
+        return f"{kind} {entry!r} selects only parameters that earlier groups took: {taken}"
+    if kind == "module":
+        where = f" matching params={list(patterns)}" if patterns else ""
+        candidates = [
+            n
+            for n, module in model.named_modules(remove_duplicate=False)
+            if n and n != entry and any(True for _ in module.parameters())
+        ]
+        return f"module {entry!r} has no parameter{where}{did_you_mean(entry, candidates)}"
+    names = [name for names, _ in params for name in names]
+    if rule_prefixes:
+        names = [n for n in names if any(n.startswith(prefix) for prefix in rule_prefixes)]
+        where = " of the listed modules"
+    else:
+        where = " name"
+    return f"pattern {entry!r} matches no parameter{where}{did_you_mean(entry, names)}"
 
 
 def named_parameters_with_aliases(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
@@ -174,11 +279,28 @@ def expand_layer_decay(
     of ``blocks`` that have parameters, in order (the blocks of a ``ModuleList``). Every
     other key of the rule (``params``, ``weight_decay``, ...) goes to each of its parts.
 
+    The trainable parameters the net registers before the first listed module (torchvision
+    resnet18's ``conv1`` and ``bn1``, a ViT's ``pos_embed``) become one more part below
+    it, ``backbone.stem`` at ``layer_decay ** (d + 1)``, holding those that no other rule
+    takes (``build_param_groups`` matches it after every other rule); without it they
+    would train in ``default`` at the full lr, above every decayed layer.
+
     What timm's ``param_groups_layer_decay`` does instead, and why not: it puts the factor
     in an ``lr_scale`` key that only timm's schedulers read (torch's schedulers and
     optimizers ignore it), and names the groups ``layer_0``, ``layer_1``, ....
     """
+    return _expand(model, rules, defaults, own or {})[0]
+
+
+def _expand(
+    model: nn.Module,
+    rules: Sequence[Mapping[str, Any]],
+    defaults: Mapping[str, Any],
+    own: Mapping[str, tuple[str, Mapping[str, Any]]],
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """``expand_layer_decay``, and the indices of the ``.stem`` parts among its rules."""
     expanded: list[dict[str, Any]] = []
+    below: set[int] = set()
     for rule in rules:
         if LAYER_DECAY_KEY not in rule:
             expanded.append(dict(rule))
@@ -190,7 +312,7 @@ def expand_layer_decay(
                 f"factor per layer from the top), got {decay!r}"
             )
         modules = _expand_modules(model, rule)
-        label, rule_defaults = _rule_optimizer(name, own or {}, defaults)
+        label, rule_defaults = _rule_optimizer(name, own, defaults)
         base = _group_options({"name": name, **_lr_keys(rule)}, label, rule_defaults).get("lr")
         if base is None:
             base = rule_defaults.get("lr")
@@ -200,11 +322,35 @@ def expand_layer_decay(
                 "optimizer has an lr to decay: give the group an 'lr'"
             )
         rest = {k: v for k, v in rule.items() if k not in (*LAYER_DECAY_OWN_KEYS, "lr_scale")}
+        stem = _below_first(model, modules, rest.get("params"))
+        if stem:
+            below.add(len(expanded))
+            lr = base * decay ** (len(modules) + 1)
+            expanded.append({**rest, "name": f"{name}.stem", "params": stem, "lr": lr})
         for index, module in enumerate(modules):
             depth = len(modules) - index
             lr = base * decay**depth
             expanded.append({**rest, "name": f"{name}.{module}", "modules": [module], "lr": lr})
-    return expanded
+    return expanded, below
+
+
+def _below_first(
+    model: nn.Module, modules: Sequence[str], patterns: Sequence[str] | None
+) -> list[str]:
+    """The trainable parameters ``model`` registers before the first parameter of any of
+    ``modules`` (that match one of ``patterns``, if given), as exact fnmatch patterns."""
+    named = dict(model.named_modules(remove_duplicate=False))
+    listed = {id(p) for m in modules if m in named for p in named[m].parameters()}
+    found = []
+    for names, param in named_parameters_with_aliases(model):
+        if id(param) in listed:
+            break
+        matched = not patterns or any(
+            fnmatch.fnmatchcase(n, pattern) for n in names for pattern in patterns
+        )
+        if param.requires_grad and matched:
+            found.append(glob.escape(names[0]))
+    return found
 
 
 def _lr_keys(rule: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,7 +391,9 @@ def _expand_modules(model: nn.Module, rule: Mapping[str, Any]) -> list[str]:
     return modules
 
 
-def _check_names(rules: Sequence[Mapping[str, Any]]) -> None:
+def _check_names(rules: Sequence[Mapping[str, Any]], written: bool = False) -> None:
+    """Names, ``modules`` and ``params`` of rules; ``written``: the rules as the user wrote
+    them, whose names may not have a dot (dots join a rule's name to the parts it makes)."""
     seen: set[str] = set()
     for position, rule in enumerate(rules):
         name = rule.get("name")
@@ -255,6 +403,14 @@ def _check_names(rules: Sequence[Mapping[str, Any]]) -> None:
             raise ParamGroupError(
                 f"parameter group name {name!r} is reserved: {DEFAULT_GROUP!r} holds the "
                 f"parameters no rule matches and '<name>{NO_DECAY_SUFFIX}' the no-decay half"
+            )
+        if written and "." in name:
+            raise ParamGroupError(
+                f"parameter group name {name!r} has a dot; a dot joins a rule's name to the "
+                f"groups it makes ('<name>{NO_DECAY_SUFFIX}', '<name>.<module>' of a "
+                f"layer_decay rule), so {name!r} would be taken for part of "
+                f"{name.split('.')[0]!r} (its optimizer, FreezeGroups); use a name without "
+                f"dots, e.g. {name.replace('.', '_')!r}"
             )
         if name in seen:
             raise ParamGroupError(
@@ -333,11 +489,15 @@ def _module_listing(names: Iterable[str], max_depth: int = 2) -> list[str]:
 
 
 def _first_rule(
-    names: Sequence[str], rules: Sequence[Mapping[str, Any]], prefixes: Sequence[Sequence[str]]
+    names: Sequence[str],
+    rules: Sequence[Mapping[str, Any]],
+    prefixes: Sequence[Sequence[str]],
+    order: Sequence[int],
 ) -> int | None:
-    """The index of the first rule that matches any of a parameter's names, if any."""
-    for index, rule in enumerate(rules):
-        if any(_matches(name, prefixes[index], rule) for name in names):
+    """The index of the first rule, tried in ``order``, that matches any of a parameter's
+    names, if any."""
+    for index in order:
+        if any(_matches(name, prefixes[index], rules[index]) for name in names):
             return index
     return None
 
