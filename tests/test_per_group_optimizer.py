@@ -259,3 +259,22 @@ def test_ddp_two_ranks_keep_identical_weights(data_dir, tmp_path):
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), key
     assert last["optimizer_states"][0]["optimizers"][0] == "groupwise.optim.muon.Muon"
+
+
+def test_a_dotted_rule_name_is_refused_not_stepped_by_the_optimizer_of_its_prefix(
+    data_dir, tmp_path
+):
+    """Issue 26.5: `filters.head` (no optimizer of its own) was stepped by the Muon of
+    `filters`, at 2x Muon's lr, not by the model's SGD; a dot in a rule's name is refused."""
+    head = {"name": "filters.head", "params": ["head.*"], "lr_scale": 2.0}
+    rules = [CONFIG["model"]["param_groups"][0], head]
+    config = write_config(tmp_path, **{"model.param_groups": rules, "trainer.max_epochs": 1})
+    done = groupwise("fit", "--config", config, *quick(data_dir, tmp_path))
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        2,
+        "error: parameter group name 'filters.head' has a dot; a dot joins a rule's name to "
+        "the groups it makes ('<name>.no_decay', '<name>.<module>' of a layer_decay rule), so "
+        "'filters.head' would be taken for part of 'filters' (its optimizer, FreezeGroups); "
+        "use a name without dots, e.g. 'filters_head'",
+    )
+    assert not (tmp_path / "lightning_logs").exists()  # refused before a run directory
