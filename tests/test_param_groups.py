@@ -354,3 +354,73 @@ def test_lr_scale_with_an_optimizer_without_a_default_lr_is_a_clear_error(defaul
         "parameter group 'features' sets lr_scale, but the optimizer has no default lr to "
         f"scale (its lr is {defaults.get('lr')}); give the group an 'lr' instead"
     )
+
+
+# ---- every module and pattern of a rule must be used (issue 21.6) ----------------------------
+
+
+class NormNet(nn.Module):
+    """A linear layer and a norm: parameter names fc.weight, fc.bias, norm.weight, norm.bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+def test_a_mistyped_pattern_beside_a_matching_one_is_an_error_naming_the_nearest_name():
+    rules = [{"name": "no_decay", "params": ["*.bias", "nrom.weight"], "weight_decay": 0.0}]
+    with pytest.raises(ParamGroupError) as error:
+        build_param_groups(NormNet(), rules, SGD_DEFAULTS)
+    assert str(error.value) == (
+        "parameter group 'no_decay': pattern 'nrom.weight' matches no parameter name (did you "
+        "mean 'norm.weight'?); every module and pattern of a rule must select at least one "
+        "parameter that the rule takes"
+    )
+
+
+def test_a_rule_of_one_mistyped_name_names_the_nearest_name():
+    rules = [{"name": "head", "params": ["clasifier.5.weight"]}]
+    with pytest.raises(ParamGroupError, match=r"did you mean 'classifier\.5\.weight'\?"):
+        build_param_groups(LeNet5(), rules, SGD_DEFAULTS)
+
+
+def test_a_pattern_whose_parameters_an_earlier_rule_took_is_an_error_naming_that_rule():
+    rules = [
+        {"name": "biases", "params": ["*.bias"], "weight_decay": 0.0},
+        {"name": "norm", "params": ["norm.*", "fc.bias"], "lr": 0.4},
+    ]
+    with pytest.raises(ParamGroupError) as error:
+        build_param_groups(NormNet(), rules, SGD_DEFAULTS)
+    assert str(error.value) == (
+        "parameter group 'norm': pattern 'fc.bias' selects only parameters that earlier groups "
+        "took: 'biases' (fc.bias); every module and pattern of a rule must select at least one "
+        "parameter that the rule takes"
+    )
+
+
+def test_a_listed_module_without_parameters_in_a_matching_rule_is_an_error():
+    rules = [{"name": "x", "modules": ["features.0", "features.1"]}]  # features.1: a ReLU
+    with pytest.raises(ParamGroupError, match=r"module 'features.1' has no parameter \(did you"):
+        build_param_groups(LeNet5(), rules, SGD_DEFAULTS)
+    rules = [{"name": "x", "modules": ["features", "classifier"], "params": ["features.*"]}]
+    with pytest.raises(
+        ParamGroupError, match=r"module 'classifier' has no parameter matching params="
+    ):
+        build_param_groups(LeNet5(), rules, SGD_DEFAULTS)
+
+
+def test_a_pattern_matching_only_frozen_parameters_of_its_rule_counts_as_used():
+    model = NormNet()
+    model.norm.requires_grad_(False)
+    groups = build_param_groups(model, [{"name": "x", "params": ["fc.*", "norm.*"]}], SGD_DEFAULTS)
+    assert names_by_group(model, groups) == {"x": {"fc.weight", "fc.bias"}}
+
+
+# ---- names are names (issue 26.5) ------------------------------------------------------------
+
+
+def test_a_rule_name_with_a_dot_is_refused():
+    rules = [{"name": "features.conv", "modules": ["features"]}]
+    with pytest.raises(ParamGroupError, match=r"'features\.conv' has a dot; .*'features_conv'"):
+        build_param_groups(LeNet5(), rules, SGD_DEFAULTS)
