@@ -10,6 +10,7 @@ from cli_run import LENET, groupwise, quick
 from fault_injection import RecordTrainStart
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tied_net import TiedNet
 from torch import nn
 
 from groupwise.callbacks.weight_init import WeightInit
@@ -149,6 +150,31 @@ def test_skip_a_parent_skips_its_children_and_an_unmatched_pattern_is_an_error()
     assert torch.equal(net.features[0].weight, before["features.0.weight"])
     with pytest.raises(ValueError, match=r"skip patterns \['backbone\*'\] match no module"):
         WeightInit(skip=["features", "backbone*"]).apply(LeNet5())
+
+
+def test_skip_protects_a_weight_tied_to_a_module_it_does_not_skip():
+    """TiedNet's ``head.weight`` is ``mix.weight``: skipping ``head`` keeps that tensor, which
+    the linear rule would otherwise reach through ``mix``; ``mix``'s own bias is reset."""
+    net = TiedNet()
+    with torch.no_grad():
+        net.mix.bias.fill_(0.5)
+    before = state(net)
+    touched = WeightInit(skip=["head"], seed=0).apply(net)
+    assert torch.equal(net.head.weight, before["head.weight"])
+    assert net.head.weight is net.mix.weight
+    assert torch.equal(net.head.bias, before["head.bias"])
+    assert torch.count_nonzero(net.mix.bias) == 0
+    assert touched["linear"] == ["proj", "mix"]
+
+
+def test_skip_names_a_module_registered_under_two_names_by_either():
+    """A module shared by two attributes is one module with two names; skipping the second
+    name (which ``named_modules()`` leaves out) keeps it."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    net.add_module("again", net[0])
+    before = state(net)
+    WeightInit(skip=["again"], seed=0).apply(net)
+    assert torch.equal(net[0].weight, before["0.weight"])
 
 
 def test_same_seed_same_weights_whatever_used_the_global_rng():

@@ -82,8 +82,10 @@ class WeightInit(Callback):
         residual_blocks: class names of residual blocks, for ``zero_last_norm_in_residual``.
         skip: fnmatch patterns on module names relative to the net; a module whose name or
             any parent's name matches is left untouched (e.g. ``["backbone"]`` for a pretrained
-            backbone, ``["backbone.0*"]`` for the stem). A pattern that matches nothing is an
-            error.
+            backbone, ``["backbone.0*"]`` for the stem). Every name counts: a module shared by
+            two attributes is skipped by either. Skipping is by tensor: a weight a skipped
+            module shares with another module (tied weights) is left untouched there too. A
+            pattern that matches nothing is an error.
         seed: initialise under ``torch.random.fork_rng`` seeded with this, so the weights are
             the same on every rank and whatever used the global RNG before, and the global RNG
             is left as it was. ``None``: draw from the global RNG, as the net's constructor did.
@@ -115,6 +117,7 @@ class WeightInit(Callback):
         self.report: dict[str, int] = {}
         self.touched: dict[str, list[str]] = {}
         self.applied = False
+        self._protected: set[int] = set()  # ids of the tensors of skipped modules
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -144,43 +147,55 @@ class WeightInit(Callback):
 
     @torch.no_grad()
     def _apply(self, net: nn.Module) -> dict[str, list[str]]:
-        modules = [(name, module) for name, module in net.named_modules() if name]
-        unused = [p for p in self.skip if not any(fnmatch.fnmatchcase(n, p) for n, _ in modules)]
+        # every name of every module: a module shared by two attributes is listed by
+        # named_modules() under its first name only
+        names = [name for name, _ in net.named_modules(remove_duplicate=False) if name]
+        unused = [p for p in self.skip if not any(fnmatch.fnmatchcase(n, p) for n in names)]
         if unused:
-            examples = [name for name, _ in modules if name.count(".") < 2]
+            examples = [name for name in names if name.count(".") < 2]
             raise ConfigError(
                 f"WeightInit: skip patterns {unused} match no module of the net; "
                 f"module names look like {examples[:12]}"
             )
+        self._protected = _skipped_tensors(net, self._skipped)
+        modules = [(name, module) for name, module in net.named_modules() if name]
         kept = [(name, module) for name, module in modules if not self._skipped(name)]
         touched: dict[str, list[str]] = {rule: [] for rule in RULES}
         for name, module in kept:
             if isinstance(module, CONV_TYPES) and self.conv is not None:
-                self._init(module, self.conv)
-                touched["conv"].append(name)
+                if self._init(module, self.conv):
+                    touched["conv"].append(name)
             elif isinstance(module, LINEAR_TYPES) and self.linear is not None:
-                self._init(module, self.linear)
-                touched["linear"].append(name)
-            elif isinstance(module, NORM_TYPES) and self.norm and _has(module, "weight"):
-                nn.init.ones_(module.weight)
-                if _has(module, "bias"):
-                    nn.init.zeros_(module.bias)
-                touched["norm"].append(name)
+                if self._init(module, self.linear):
+                    touched["linear"].append(name)
+            elif isinstance(module, NORM_TYPES) and self.norm:
+                ones = self._set(module, "weight", nn.init.ones_)
+                if self._set(module, "bias", nn.init.zeros_) or ones:
+                    touched["norm"].append(name)
         if self.zero_last_norm_in_residual:
             touched["zero_last_norm"] = self._zero_last_norms(kept)
         return touched
+
+    def _set(self, module: nn.Module, name: str, init: Callable[[torch.Tensor], Any]) -> bool:
+        """``init`` the tensor ``module.<name>`` unless it is missing, lazy or belongs to a
+        skipped module too (a tied weight); whether it did."""
+        tensor = getattr(module, name, None)
+        if not _has(module, name) or id(tensor) in self._protected:
+            return False
+        init(tensor)
+        return True
 
     def _skipped(self, name: str) -> bool:
         parts = name.split(".")
         prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
         return any(fnmatch.fnmatchcase(p, pattern) for p in prefixes for pattern in self.skip)
 
-    def _init(self, module: nn.Module, scheme: Scheme) -> None:
+    def _init(self, module: nn.Module, scheme: Scheme) -> bool:
+        """The scheme on the weight, zeros on the bias; whether it set either."""
         if not _has(module, "weight"):  # a lazy module before its first forward
-            return
-        _SCHEMES[scheme](module.weight, self.normal_std)
-        if _has(module, "bias"):
-            nn.init.zeros_(module.bias)
+            return False
+        weight = self._set(module, "weight", lambda w: _SCHEMES[scheme](w, self.normal_std))
+        return self._set(module, "bias", nn.init.zeros_) or weight
 
     def _zero_last_norms(self, kept: Sequence[tuple[str, nn.Module]]) -> list[str]:
         blocks = [(n, m) for n, m in kept if type(m).__name__ in self.residual_blocks]
@@ -200,8 +215,8 @@ class WeightInit(Callback):
             if not norms:
                 raise ConfigError(f"WeightInit: residual block {name!r} has no norm layer child")
             child, last = norms[-1]
-            nn.init.zeros_(last.weight)
-            zeroed.append(f"{name}.{child}")
+            if self._set(last, "weight", nn.init.zeros_):
+                zeroed.append(f"{name}.{child}")
         return zeroed
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -223,6 +238,18 @@ class WeightInit(Callback):
                 for logger in loggers:
                     tag = f"init/{group.get('name', f'pg{index}')}"
                     logger.experiment.add_histogram(tag, values, 0)
+
+
+def _skipped_tensors(net: nn.Module, skipped: Callable[[str], bool]) -> set[int]:
+    """The ids of the parameters and buffers of every module that has a skipped name: a
+    weight tied to another module stays as it is through that module too (torch's
+    ``named_modules`` and ``named_parameters`` list a shared module or tensor only once)."""
+    return {
+        id(tensor)
+        for name, module in net.named_modules(remove_duplicate=False)
+        if name and skipped(name)
+        for tensor in [*module.parameters(), *module.buffers()]
+    }
 
 
 def _has(module: nn.Module, name: str) -> bool:
