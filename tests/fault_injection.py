@@ -65,6 +65,19 @@ class PoisonAtStep(Callback):
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
 
 
+class PoisonAfterStep(Callback):
+    """Set one weight to NaN after the optimizer step of global step ``step`` (the step's
+    loss is finite; the next one's is not), before any checkpoint of that step is saved."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a) -> None:
+        if trainer.global_step == self.step + 1:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
 class RecordRank(Callback):
     """Write, per rank, the training and validation indices fetched each epoch, the final
     weights, the final metrics, the image count of the last validation confusion matrix,

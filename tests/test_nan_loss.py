@@ -102,3 +102,45 @@ def test_the_kept_last_ckpt_resumes_to_the_end(poisoned, data_dir, tmp_path):
         load_checkpoint_file(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
     )
     assert snapshot(poisoned["root"]) == before  # resuming from it only reads it
+
+
+# A user's ModelCheckpoint that saves weights only, after every step (issue 21, item 2):
+# Lightning calls no callback's on_save_checkpoint for such a save.
+EVERY_STEP = json.dumps(
+    {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"save_weights_only": True, "every_n_train_steps": 1, "save_top_k": -1,
+                      "filename": "step{step}"},
+    }
+)  # fmt: skip
+POISONS = {
+    # a NaN weight before step 4's batch: that step's loss is NaN, read only every 50 steps
+    "nan loss, read every 50 steps": (POISON, ["--trainer.log_every_n_steps", "50"]),
+    # a NaN weight after step 4's update: that step's loss is finite and read at once
+    "nan weights, loss read every step": (
+        json.dumps({"class_path": "fault_injection.PoisonAfterStep", "init_args": {"step": 4}}),
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS))
+def test_weights_only_checkpoints_every_step_never_hold_nan(data_dir, tmp_path, poison):
+    fault, extra = POISONS[poison]
+    with pytest.raises(NonFiniteLossError) as error:
+        run(
+            ["fit", "--config", LENET]
+            + quick(data_dir, tmp_path, "--trainer.max_epochs", "2", *extra)
+            + [f"--trainer.callbacks+={EVERY_STEP}", f"--trainer.callbacks+={fault}"]
+        )
+    checkpoints = sorted((tmp_path / "lightning_logs/version_0/checkpoints").glob("*.ckpt"))
+    steps = sorted(load_checkpoint_file(p)["global_step"] for p in checkpoints if "step" in p.name)
+    assert steps == [1, 2, 3, 4]  # every step before the NaN weights, none after
+    for path in checkpoints:
+        assert all_finite(load_checkpoint_file(path)), path
+    kept = re.search(r"the last good checkpoint is kept: (.+?)\. Try", str(error.value))
+    assert kept, str(error.value)
+    named = kept[1].split(", ")
+    assert str(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt") in named
+    for path in named:  # each file called good is there and finite
+        assert all_finite(load_checkpoint_file(path)), path

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from groupwise.accuracy import TrainAccuracy
+from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.checkpoint.averaged import check_resume_averaging, weights_note
 from groupwise.checkpoint.compat import (
     LAYOUT_KEY,
@@ -94,6 +95,9 @@ class Classifier(LightningModule):
             value at the new last step. A schedule whose length does not come from the
             trainer (``MultiStepLR``'s milestones) goes on as it is, with or without it.
             Nothing else may differ from the checkpoint.
+        lr_multiplier: every group's lr, of every optimizer (a rule's own ``lr`` and its
+            own optimizer's lr included), times this: the one option that applies what
+            ``groupwise lr_find`` suggests. Schedulers then act on these lrs.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Classifier(LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         extend_schedule: bool = False,
+        lr_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
         # Under LightningCLI the saved hparams are the config (class paths and init args),
@@ -129,6 +134,9 @@ class Classifier(LightningModule):
         self.channels_last = channels_last
         self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
         self.extend_schedule = extend_schedule
+        if not lr_multiplier > 0:
+            raise ConfigError(f"model.lr_multiplier must be above 0, got {lr_multiplier}")
+        self.lr_multiplier = lr_multiplier
         self._net_compiled = False
         # the optimizer and scheduler settings of this run (written into each checkpoint),
         # and those of the checkpoint a fit resumes from (checked in configure_optimizers)
@@ -274,8 +282,12 @@ class Classifier(LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over the named parameter groups: the model's ``optimizer``, or a
-        ``CombinedOptimizer`` when a rule names its own (``groupwise.optim.per_group``)."""
-        return build_optimizer(self.net, self.param_groups, self.optimizer, self.no_decay_split)
+        ``CombinedOptimizer`` when a rule names its own (``groupwise.optim.per_group``);
+        every group's lr times ``lr_multiplier``."""
+        optimizer = build_optimizer(self.net, self.param_groups, self.optimizer, self.no_decay_split)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * self.lr_multiplier
+        return optimizer
 
     def configure_gradient_clipping(
         self,
@@ -426,6 +438,12 @@ class Classifier(LightningModule):
         # arguments: lets a resume check that the config still asks for the same.
         if self._settings is not None:
             checkpoint[SETTINGS_KEY] = self._settings
+        # Lightning calls this for every save, weights-only ones too, where it calls no
+        # callback's on_save_checkpoint: the NaN guard checks the weights about to be saved.
+        if self._trainer is not None:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, FiniteLossGuard):
+                    callback.check_checkpoint(self.trainer, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"

@@ -16,6 +16,14 @@ checkpoint is written. The error names the first bad step, however many steps la
 read. The same holds on the CPU, where a read costs nothing but the rule is kept the same,
 so that the steps that read are the same on every device (``tests/test_host_sync.py``).
 
+No checkpoint holds non-finite weights either: a loss can be finite at the step whose
+update made the weights NaN, and Lightning calls no callback's ``on_save_checkpoint`` for a
+weights-only save (``ModelCheckpoint(save_weights_only=True)``), so the weights are checked
+too, in every checkpoint about to be written (:meth:`FiniteLossGuard.check_checkpoint`, one
+host read per save, called by this hook and by ``Classifier.on_save_checkpoint``, which
+Lightning calls for every save). The error names as "the last good checkpoint" only files
+that exist and whose weights were read back finite.
+
 Under DDP every rank reads its flag at the same steps and the decision is reduced across
 the ranks (``strategy.reduce_boolean_decision``): if any rank saw a bad loss, every rank
 raises at the same step with the same message, naming the earliest bad step and the rank
@@ -31,11 +39,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.errors import ConfigError, UserError
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """The weights of a checkpoint about to be written are NaN or infinite."""
 
 
 class FiniteLossGuard(Callback):
@@ -56,6 +69,7 @@ class FiniteLossGuard(Callback):
         # (loss, epoch, batch_idx, global_step, lrs) of each step since the last read
         self._pending: list[tuple[torch.Tensor, int, int, int, list[tuple[str, float]]]] = []
         self._read_at = -1  # the global step of the last read on a check step
+        self._checked: dict[str, Any] | None = None  # the last checkpoint dict checked
 
     def every(self, trainer: L.Trainer) -> int:
         """The optimizer steps between two reads of the check."""
@@ -95,7 +109,30 @@ class FiniteLossGuard(Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self.check(trainer)  # raising here aborts the save before anything is written
+        self.check_checkpoint(trainer, checkpoint)
+
+    def check_checkpoint(self, trainer: L.Trainer, checkpoint: dict[str, Any]) -> None:
+        """Before ``checkpoint`` is written: the pending losses (``check``), then its weights
+        (``state_dict``'s floating-point tensors, buffers included: one host read, and under
+        DDP one reduction). Raising here aborts the save before anything is written. A
+        checkpoint dict already checked (this hook and the LightningModule's, for one save)
+        is not checked again."""
+        if checkpoint is self._checked:
+            return
+        self.check(trainer)
+        tensors = {
+            name: t
+            for name, t in checkpoint.get("state_dict", {}).items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+        }
+        if tensors:
+            finite = torch.stack([t.isfinite().all() for t in tensors.values()])
+            first = int(torch.where(finite.all(), -1, (~finite).to(torch.uint8).argmax()))
+        else:
+            first = -1
+        if trainer.strategy.reduce_boolean_decision(first >= 0, all=False):
+            self._raise_weights(trainer, list(tensors)[first] if first >= 0 else None)
+        self._checked = checkpoint
 
     def check(self, trainer: L.Trainer) -> None:
         """Test the pending steps' losses (one host read, and under DDP one reduction across
@@ -123,16 +160,52 @@ class FiniteLossGuard(Callback):
 
     def _raise(self, trainer: L.Trainer, step: tuple, loss: float, rank: int | None) -> None:
         _, epoch, batch_idx, global_step, lrs = step
-        saved = [cb.last_model_path or cb.best_model_path for cb in trainer.checkpoint_callbacks]
-        kept = ", ".join(p for p in saved if p) or "none written yet"
         where = "" if rank is None else f" on rank {rank}"
         raise NonFiniteLossError(
             f"training loss is {loss} at epoch {epoch}, batch {batch_idx}, "
             f"global step {global_step}{where}; learning rates: "
             f"{', '.join(f'{name}={lr:g}' for name, lr in lrs)}. "
-            f"Training stopped; the last good checkpoint is kept: {kept}. Try a lower lr for "
+            f"Training stopped; {_kept(trainer)}. Try a lower lr for "
             "the groups above, gradient clipping (--trainer.gradient_clip_val), or fp32."
         )
+
+    def _raise_weights(self, trainer: L.Trainer, tensor: str | None) -> None:
+        which = f" ({tensor} first)" if tensor else " (on another rank)"
+        raise NonFiniteWeightsError(
+            f"the weights are NaN or infinite{which} at epoch {trainer.current_epoch}, "
+            f"global step {trainer.global_step}, as a checkpoint was about to be saved; "
+            f"learning rates: {', '.join(f'{name}={lr:g}' for name, lr in _lrs(trainer))}. "
+            f"Training stopped without writing it; {_kept(trainer)}. Try a lower lr for "
+            "the groups above, gradient clipping (--trainer.gradient_clip_val), or fp32."
+        )
+
+
+def _kept(trainer: L.Trainer) -> str:
+    """The checkpoints the callbacks name as written (last, best, top k) that are on disk
+    with finite weights, as the error names them: each file is read back and checked, so
+    a file whose save was aborted, or one written with non-finite weights by anything
+    else, is not called good."""
+    paths = []
+    for callback in trainer.checkpoint_callbacks:
+        named = [callback.last_model_path, callback.best_model_path]
+        named += list(getattr(callback, "best_k_models", {}))
+        paths += [p for p in named if p and p not in paths]
+    good = [p for p in paths if _finite_file(p)]
+    return f"the last good checkpoint is kept: {', '.join(good) or 'none written yet'}"
+
+
+def _finite_file(path: str) -> bool:
+    """Whether ``path`` is a readable checkpoint whose weights are all finite."""
+    try:
+        checkpoint = load_checkpoint_file(path, mmap=True)
+    except (CheckpointError, OSError):
+        return False
+    tensors = checkpoint.get("state_dict", {}).values()
+    return all(
+        bool(t.isfinite().all())
+        for t in tensors
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
 
 
 def _lrs(trainer: L.Trainer) -> list[tuple[str, float]]:
