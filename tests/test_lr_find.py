@@ -98,11 +98,13 @@ def test_the_model_is_not_trained_and_the_override_gives_the_printed_lrs(
 
     out = capsys.readouterr().out
     assert test.suggestion is not None  # at up to 1e5 x the lrs, the loss diverges
-    lr = float(re.search(r"To train at it: --model\.optimizer\.init_args\.lr (\S+)", out)[1])
-    table = re.search(r"classifier\s+0\.05\s+(\S+)\n", out)
-    # the override is 0.005 x the suggestion to 2 digits; the classifier gets 10x of it
-    assert lr == float(f"{0.005 * test.suggestion:.2g}")
-    assert float(table[1]) == pytest.approx(10 * lr, rel=1e-5)
+    multiplier = float(re.search(r"To train at it: --model\.lr_multiplier (\S+)", out)[1])
+    table = suggested_table(out)
+    # the override is the suggestion to 2 digits; every group's lr is its configured one x it
+    assert multiplier == float(f"{test.suggestion:.2g}")
+    expected = {"features": 0.005 * multiplier, "classifier": 0.05 * multiplier}
+    assert table == {name: pytest.approx(lr, rel=1e-5) for name, lr in expected.items()}
+    assert f"  model.optimizer lr {0.005 * multiplier:g}" in out.splitlines()
 
 
 # A quadratic with a known best lr: two blocks of weights, each a noisy least-squares problem
@@ -228,3 +230,64 @@ def test_divergence_and_suggestion_on_a_written_curve():
     # above sqrt(0.5 x 2.0) = 1.0 first at step 11 (the lowest is at step 6)
     assert test.divergence == 11
     assert test.suggestion == 2.0**11 / 3
+
+
+FAST_MUON = str(ROOT / "configs" / "fast_muon.yaml")
+
+
+def suggested_table(out: str) -> dict[str, float]:
+    """The printed table's group -> lr at the suggestion."""
+    block = out.split("lr at x", 1)[1].split("\n\n", 1)[0].split("To train at it", 1)[0]
+    rows = [line.split() for line in block.splitlines()[2:] if line.strip()]
+    return {row[0]: float(row[2]) for row in rows}
+
+
+def override_of(out: str) -> list[str]:
+    return re.search(r"To train at it: (.+)\n", out)[1].split()
+
+
+def lrs_of_fit_with(args: list[str]) -> dict[str, float]:
+    """Each group's lr in the optimizer that `groupwise fit ARGS` builds (before its
+    scheduler changes any)."""
+    cli = run(list(args), run=False)
+    return {g["name"]: g["lr"] for g in cli.model.build_optimizer().param_groups}
+
+
+def test_the_override_gives_every_group_of_every_optimizer_the_lr_in_the_table(
+    data_dir, tmp_path, capsys
+):
+    """configs/fast_muon.yaml: the Muon filters have their own optimizer's lr (0.08). Pasted
+    into a fit, the printed override gives every group, filters included, the table's lr."""
+    args = [
+        "--config", FAST_MUON, *quick(data_dir, tmp_path, "--model.channels_last", "false")
+    ]  # fmt: skip
+    run(["lr_find", *args, "--num_steps", "12", "--max_multiplier", "1e5"])
+    out = capsys.readouterr().out
+    table = suggested_table(out)
+    assert set(table) == {"filters", "norm", "default"}
+    lrs = lrs_of_fit_with([*args, *override_of(out)])
+    assert lrs == {name: pytest.approx(lr, rel=1e-5) for name, lr in table.items()}
+
+
+LAYER_DECAY_RULE = (
+    '[{"name": "features", "modules": ["features.0", "features.3"], "layer_decay": 0.5, '
+    '"lr": 0.01}]'
+)
+
+
+def test_a_layer_decay_rule_with_its_own_lr_gets_one_value(data_dir, tmp_path, capsys):
+    """The rule sets one lr (0.01; its two parts at 0.0025 and 0.005): the advice names the
+    rule once, with its lr times the suggested multiplier; the override moves both parts."""
+    args = [
+        "--config", LENET, *quick(data_dir, tmp_path, "--model.param_groups", LAYER_DECAY_RULE)
+    ]  # fmt: skip
+    sweep = ["--num_steps", "12", "--max_multiplier", "1e5", "--early_stop_threshold", "null"]
+    run(["lr_find", *args, *sweep])
+    out = capsys.readouterr().out
+    multiplier = float(re.search(r"lr at x(\S+)", out)[1])
+    advice = [line for line in out.splitlines() if "'features" in line]
+    assert advice == [f"  rule 'features': lr {0.01 * multiplier:g}"]
+    table = suggested_table(out)
+    assert table["features.features.3"] == pytest.approx(0.005 * multiplier, rel=1e-5)
+    lrs = lrs_of_fit_with([*args, *override_of(out)])
+    assert lrs == {name: pytest.approx(lr, rel=1e-5) for name, lr in table.items()}

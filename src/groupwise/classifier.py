@@ -284,7 +284,9 @@ class Classifier(LightningModule):
         """The optimizer over the named parameter groups: the model's ``optimizer``, or a
         ``CombinedOptimizer`` when a rule names its own (``groupwise.optim.per_group``);
         every group's lr times ``lr_multiplier``."""
-        optimizer = build_optimizer(self.net, self.param_groups, self.optimizer, self.no_decay_split)
+        optimizer = build_optimizer(
+            self.net, self.param_groups, self.optimizer, self.no_decay_split
+        )
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * self.lr_multiplier
         return optimizer

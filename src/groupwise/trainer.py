@@ -9,7 +9,6 @@ augmentation and callbacks exactly as ``groupwise fit`` does.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from groupwise.callbacks.finite_loss import FiniteLossGuard
-from groupwise.optim.param_groups import format_table, name_and_parents
+from groupwise.optim.param_groups import format_table
+from groupwise.optim.per_group import rule_optimizers, template
 from groupwise.tuner.lr_finder import LRRangeTest, RangeTest, plot_range_test
 
 # Left out of the sweep: they would save checkpoints, stop the run at the divergence the
@@ -45,7 +45,8 @@ class GroupwiseTrainer(Trainer):
         Trains a copy of ``model`` for up to ``num_steps`` optimizer steps, at step ``k``
         with every group's configured lr times ``m_k`` (geometric from ``min_multiplier``
         to ``max_multiplier``), then prints the suggested multiplier, every group's lr at
-        it and the ``--model.optimizer.init_args.lr`` override that gives them; draws the
+        it, the ``--model.lr_multiplier`` override that gives them (to every group of every
+        optimizer) and the config values that do the same (one per rule); draws the
         loss against the multiplier (PNG and TensorBoard). Nothing is validated and no
         checkpoint is written; ``model`` itself is not trained. The trainer has run a fit
         afterwards: train with a new one.
@@ -97,25 +98,23 @@ class GroupwiseTrainer(Trainer):
         elif multiplier is None:
             print("No suggestion: the loss diverged from the first steps. Lower --min_multiplier.")
         else:
-            base = self.optimizers[0].defaults.get("lr")
-            if base:  # rounded to the precision a range test has; the groups follow it
-                lr = float(f"{base * multiplier:.2g}")
-                multiplier = lr / base
-                override = f"--model.optimizer.init_args.lr {lr:g}"
             diverged = test.multipliers[test.divergence]
-            print(f"The loss diverged at multiplier {diverged:.3g}; suggested: {multiplier:.3g}")
+            # rounded to the precision a range test has; every group follows it
+            multiplier = float(f"{multiplier:.2g}")
+            print(f"The loss diverged at multiplier {diverged:.3g}; suggested: {multiplier:g}")
             rows = [
-                {"group": name, "configured lr": lr, f"lr at x{multiplier:.3g}": lr * multiplier}
+                {"group": name, "configured lr": lr, f"lr at x{multiplier:g}": lr * multiplier}
                 for name, lr in test.configured.items()
             ]
             print(format_table(rows))
-            if override:
+            current = getattr(model, "lr_multiplier", None)
+            if current is not None:  # a Classifier: one option scales every group's lr
+                override = f"--model.lr_multiplier {current * multiplier:.6g}"
                 print(f"To train at it: {override}")
-            for name in absolute_lr_groups(test.configured, getattr(model, "param_groups", None)):
-                print(
-                    f"  group {name!r} sets its own lr in its rule, which the override does not "
-                    f"change: set it to {test.configured[name] * multiplier:.2g} there"
-                )
+                lines = config_lrs(model, current * multiplier)
+                if lines:
+                    print("Or in the config, with lr_multiplier 1:")
+                    print("\n".join(f"  {line}" for line in lines))
         if test.warm_up:
             print(
                 "Note: the config's schedule warms up to these lrs; the sweep does not, and a "
@@ -143,10 +142,20 @@ class GroupwiseTrainer(Trainer):
             logger.finalize("success")  # the fit closed it: flush what was added since
 
 
-def absolute_lr_groups(
-    configured: Mapping[str, float], rules: Sequence[Mapping[str, Any]] | None
-) -> list[str]:
-    """The groups whose rule sets ``lr`` itself, so they ignore the optimizer's lr (a
-    group's rule: the one named as the group or as a name it is part of)."""
-    absolute = {rule["name"] for rule in rules or [] if "lr" in rule}
-    return [name for name in configured if absolute & set(name_and_parents(name))]
+def config_lrs(model: LightningModule, multiplier: float) -> list[str]:
+    """The config values that give every group its lr times ``multiplier``: the model's
+    optimizer's lr, and each rule's own ``lr`` or its own optimizer's lr (one value per
+    rule, however many groups it expands into; ``lr_scale`` is relative and stays)."""
+    base = template(model.optimizer).defaults.get("lr")
+    lines = [f"model.optimizer lr {base * multiplier:g}"] if base else []
+    rules = model.param_groups
+    own = rule_optimizers(rules)
+    for rule in rules:
+        name = rule.get("name", "?")
+        if "lr" in rule:
+            lines.append(f"rule {name!r}: lr {rule['lr'] * multiplier:g}")
+        elif name in own:
+            lr = template(own[name]).defaults.get("lr")
+            if lr:
+                lines.append(f"rule {name!r}: optimizer lr {lr * multiplier:g}")
+    return lines

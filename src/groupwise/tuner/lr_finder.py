@@ -2,8 +2,8 @@
 
 At sweep step ``k`` every group trains at its configured lr times the same multiplier
 ``m_k``; the multipliers rise geometrically from ``min_multiplier`` to ``max_multiplier``,
-so the groups' lr ratios hold at every step and the answer is one multiplier for the
-config's base lr (``--model.optimizer.init_args.lr``), not one lr for all groups.
+so the groups' lr ratios hold at every step and the answer is one multiplier of every
+group's lr (``--model.lr_multiplier``), not one lr for all groups.
 
 What Lightning's finder (``lightning/pytorch/tuner/lr_finder.py``) gets wrong with named
 groups, and what is done here instead:
