@@ -9,13 +9,16 @@ without a logger, or ``last_checkpoint.dirpath`` when set. Runs of other configs
 passed over, by name; with no run of this config the run starts afresh.
 """
 
+import argparse
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from cli_run import LENET, load, quick
+from cli_run import LENET, groupwise, load, quick
 from fault_injection import RecordTrainStart
 from file_snapshot import assert_kept, snapshot
 
@@ -123,8 +126,13 @@ def test_ckpt_path_last_takes_this_configs_run_not_newer_runs_of_other_configs(
 def test_ckpt_path_last_with_no_run_of_this_config_starts_a_new_run_naming_the_others(
     data_dir, three_runs, tmp_path, caplog
 ):
+    """Another config file (a copy of lenet.yaml) and another lr: no run of these config
+    files is there, so a new run starts (with the same file it stops: see below)."""
     root = runs_copy(three_runs, tmp_path)
-    cli = fit(data_dir, root, *ONE_EPOCH, LR, "0.02", "--ckpt_path", "last", RECORD)
+    config = tmp_path / "lenet_copy.yaml"
+    shutil.copy(LENET, config)
+    args = quick(data_dir, root, *ONE_EPOCH, LR, "0.02", "--ckpt_path", "last", RECORD)
+    cli = run(["fit", "--config", str(config), *args])
     assert resumed_from(cli)["global_step"] == 0
     run_dir = root / "lightning_logs"
     assert (
@@ -158,3 +166,86 @@ def test_ckpt_path_last_to_evaluate_without_a_run_of_this_config_is_an_error_nam
             " 'torchvision.models.resnet18' here;" in message
         )
     assert_kept(three_runs, before)
+
+
+# ---- a checkpoint that cannot be read, a run of this config file with other settings -------
+
+
+@pytest.fixture(scope="module")
+def one_run(data_dir, tmp_path_factory) -> Path:
+    """lightning_logs/version_0: one epoch of configs/lenet.yaml as shipped."""
+    root = tmp_path_factory.mktemp("one_run")
+    fit(data_dir, root, *ONE_EPOCH)
+    return root
+
+
+def newer_last_ckpt(root: Path, version: str, data: bytes) -> Path:
+    """Write ``data`` as ``version``'s last.ckpt, a second newer than every other file."""
+    path = root / "lightning_logs" / version / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    newest = max(p.stat().st_mtime_ns for p in root.rglob("*.ckpt"))
+    os.utime(path, ns=(newest + 10**9, newest + 10**9))
+    return path
+
+
+def foreign_checkpoint(path: Path) -> bytes:
+    """A whole checkpoint of another tool: a hyper-parameter the safe loader refuses."""
+    checkpoint = load(path)
+    checkpoint["hyper_parameters"]["args"] = argparse.Namespace(lr=0.1)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
+
+
+def test_ckpt_path_last_passes_over_another_runs_unreadable_checkpoint_by_name(
+    data_dir, one_run, tmp_path, caplog
+):
+    root = runs_copy(one_run, tmp_path)
+    ours = root / "lightning_logs/version_0/checkpoints/last.ckpt"
+    theirs = newer_last_ckpt(root, "version_1", foreign_checkpoint(ours))
+    cli = fit(data_dir, root, "--trainer.max_epochs", "2", "--ckpt_path", "last", RECORD)
+    assert_starts_from(resumed_from(cli), ours)
+    assert f"Resuming from {ours}" in caplog.text
+    assert f"not {theirs}: not readable (UnpicklingError: " in caplog.text
+    assert "GLOBAL argparse.Namespace" in caplog.text
+
+
+def test_a_damaged_newer_last_ckpt_is_passed_over_by_name_for_a_whole_run_of_this_config(
+    data_dir, one_run, tmp_path, caplog
+):
+    """A last.ckpt cut short may be this config's: with a whole run of this config beside
+    it, that run is resumed and the cut one named (alone, it is an error:
+    test_bad_checkpoint.py)."""
+    root = runs_copy(one_run, tmp_path)
+    ours = root / "lightning_logs/version_0/checkpoints/last.ckpt"
+    cut = newer_last_ckpt(root, "version_1", ours.read_bytes()[:1000])
+    cli = fit(data_dir, root, "--trainer.max_epochs", "2", "--ckpt_path", "last", RECORD)
+    assert_starts_from(resumed_from(cli), ours)
+    assert f"not {cut}: not readable (RuntimeError: " in caplog.text
+
+
+def test_a_changed_setting_of_the_same_config_file_stops_naming_it(data_dir, one_run, tmp_path):
+    """The new user's try: `--ckpt_path last` with another lr is not a new run (exit 0 from
+    epoch 0) but one message with the difference and the ways on; nothing is written."""
+    root = runs_copy(one_run, tmp_path)
+    before = snapshot(root)
+    args = quick(data_dir, root, "--trainer.max_epochs", "2", "--ckpt_path", "last", LR, "0.01")
+    done = groupwise("fit", "--config", LENET, *args)
+    assert done.returncode == 2, done.stderr[-3000:]
+    path = root / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert done.stderr.count("error: ") == 1 and "Traceback" not in done.stderr
+    message = done.stderr[done.stderr.index("error: ") :].splitlines()
+    assert message == [
+        f"error: --ckpt_path last: checkpoint {path}, the newest run of this config file"
+        f" under {root / 'lightning_logs'}, was trained with other settings than this config has:",
+        "  model.optimizer.init_args.lr: config 0.01, checkpoint 0.005",
+        "A resume loads the checkpoint's optimizer and scheduler states, which would silently "
+        "replace these settings. Either",
+        "  - resume the run exactly as it was saved: drop these changes (the run's config.yaml "
+        "holds its settings), or",
+        f"  - start a new run from its weights with these settings: --model.init_weights {path} "
+        "instead of --ckpt_path, or",
+        "  - start a new run from scratch: drop --ckpt_path last.",
+    ]
+    assert snapshot(root) == before  # no new version directory, nothing rewritten

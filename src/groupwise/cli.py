@@ -71,7 +71,12 @@ from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.run_summary import RunSummary
 from groupwise.checkpoint.io import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
-from groupwise.checkpoint.last import RunConfig, pick_last
+from groupwise.checkpoint.last import (
+    RecordConfigFiles,
+    RunConfig,
+    pick_last,
+    settings_changed_message,
+)
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 from groupwise.errors import ConfigError, exit_on_user_error
@@ -192,9 +197,19 @@ class GroupwiseCLI(LightningCLI):
                 current,
                 type(self.datamodule),
                 self.subcommand,
+                self.config_files(),
             )
 
-    before_fit = before_validate = before_test = before_predict = resolve_last_checkpoint
+    def config_files(self) -> list[str]:
+        """The absolute paths of the ``--config`` files, in order."""
+        files = self.config[self.subcommand].get("config") or []
+        return [str(getattr(file, "absolute", file)) for file in files]
+
+    def before_fit(self) -> None:
+        self.trainer.callbacks.append(RecordConfigFiles(self.config_files()))
+        self.resolve_last_checkpoint()
+
+    before_validate = before_test = before_predict = resolve_last_checkpoint
 
     def _run_subcommand(self, subcommand: str) -> None:
         super()._run_subcommand(subcommand)
@@ -235,15 +250,23 @@ def config_paths(argv: list[str]) -> list[str]:
 
 
 def newest_last_checkpoint(
-    trainer: Trainer, last: ModelCheckpoint, current: RunConfig, datamodule: type, subcommand: str
+    trainer: Trainer,
+    last: ModelCheckpoint,
+    current: RunConfig,
+    datamodule: type,
+    subcommand: str,
+    config_files: list[str] | None = None,
 ) -> str | None:
     """The most recently written ``last.ckpt`` of an earlier run of config ``current``,
     where ``last`` (the ``last_checkpoint`` callback) saves: its ``dirpath`` when set, else,
     as ``ModelCheckpoint`` resolves it, ``<save_dir>/<name>/*/checkpoints/`` of the first
     logger (``default_root_dir`` when the logger has no ``save_dir``: Wandb, MLflow, Comet
     have no ``root_dir``) or ``<default_root_dir>/checkpoints/`` without a logger. Prints
-    which it takes and which it passed over. When there is none: ``fit`` starts a new run
-    (None), the other subcommands raise ``CheckpointError`` (nothing to evaluate)."""
+    which it takes and which it passed over. When there is none, ``CheckpointError`` where
+    a file it could not read may be this config's run (cut short), or for ``validate`` /
+    ``test`` / ``predict`` (nothing to evaluate), or for ``fit`` where the newest run of the
+    same ``config_files`` has other settings (the user asked to resume it); else ``fit``
+    starts a new run (None)."""
     name = f"{last.filename or 'last'}{last.FILE_EXTENSION}"
     if last.dirpath is not None:
         where, pattern = Path(last.dirpath), name
@@ -253,9 +276,14 @@ def newest_last_checkpoint(
         pattern = f"*/checkpoints/{name}"
     else:
         where, pattern = Path(trainer.default_root_dir), f"checkpoints/{name}"
-    pick = pick_last(where.glob(pattern), current, datamodule.__qualname__)
+    pick = pick_last(where.glob(pattern), current, datamodule.__qualname__, config_files or [])
+    if pick.path is None and pick.damaged:
+        raise CheckpointError(f"{pick.report(where, fit=False)}\n{pick.damaged[0][1]}")
     if pick.path is None and subcommand != "fit":
         raise CheckpointError(pick.report(where, fit=False))
+    if pick.path is None and pick.changed is not None:
+        path, why = pick.changed
+        raise CheckpointError(settings_changed_message(path, where, why))
     rank_zero_info(pick.report(where))
     return None if pick.path is None else str(pick.path)
 
