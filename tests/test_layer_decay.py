@@ -38,8 +38,8 @@ def test_resnet18_layers_at_decaying_lrs_the_stem_below_them_and_the_head_at_10x
          "layer_decay": 0.7},
         {"name": "head", "modules": ["fc"], "lr_scale": 10.0},
     ]  # fmt: skip
-    # through the Classifier, as fit builds it: the optimizer's own groups
-    optimizer = Classifier(net, param_groups=rules, optimizer=sgd).configure_optimizers()
+    # through the Classifier's build_optimizer, which configure_optimizers calls in fit
+    optimizer = Classifier(net, param_groups=rules, optimizer=sgd).build_optimizer()
     groups = by_name(optimizer.param_groups)
     # conv1 and bn1, registered before layer1, are the part below it (issue 26.3: they were
     # in `default` at the full 0.1, above every decayed layer)
