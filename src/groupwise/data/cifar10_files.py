@@ -16,10 +16,12 @@ image on every access with PIL; neither gives the whole split as one tensor or c
 the decode. This module does that, and uses torchvision for the download.
 
 Bad input is an error naming the file and what was expected, raised before the cache is
-touched: python batches are unpickled with :mod:`groupwise.data.safe_pickle` (numpy arrays and
-plain data only, so a crafted batch cannot run code) and checked against the official
-format (uint8 ``data`` of shape (N, 3072), N ``labels`` in range); images must decode
-completely and be 32x32; ``test/`` must have the class dirs of ``train/``.
+touched: python batches are unpickled with :mod:`groupwise.data.safe_pickle` (plain data
+and plain numeric numpy arrays only, every dtype and array state checked before numpy sees
+it, so a crafted batch can neither run code nor turn its bytes into object pointers) and
+checked against the official format (uint8 ``data`` of shape (N, 3072), N ``labels`` in
+range); images must decode completely and be 32x32; ``test/`` must have the class dirs of
+``train/``.
 """
 
 from __future__ import annotations
@@ -280,6 +282,12 @@ def _unpickle(path: Path) -> dict[str, object]:
             f"Refusing to load CIFAR-10 batch file {path}: unpickling it would call"
             f" {e.module}.{e.name}, which the official format never uses ({e}). "
             + _refetch_hint(path)
+        ) from e
+    except safe_pickle.RefusedPickleError as e:  # a crafted numpy dtype, array or call
+        raise CIFAR10FileError(
+            f"Refusing to load CIFAR-10 batch file {path}: {e}. The official format holds"
+            " only numbers, byte strings, lists, dicts and numpy arrays of plain numeric"
+            " types. " + _refetch_hint(path)
         ) from e
     except Exception as e:  # EOFError, UnpicklingError, ValueError... on cut or garbage bytes
         raise CIFAR10FileError(
