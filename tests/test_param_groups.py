@@ -375,7 +375,8 @@ def test_a_mistyped_pattern_beside_a_matching_one_is_an_error_naming_the_nearest
     assert str(error.value) == (
         "parameter group 'no_decay': pattern 'nrom.weight' matches no parameter name (did you "
         "mean 'norm.weight'?); every module and pattern of a rule must select at least one "
-        "parameter that the rule takes"
+        "parameter that the rule takes (parameter names look like ['fc.weight', 'fc.bias', "
+        "'norm.weight', 'norm.bias'])"
     )
 
 
@@ -395,7 +396,8 @@ def test_a_pattern_whose_parameters_an_earlier_rule_took_is_an_error_naming_that
     assert str(error.value) == (
         "parameter group 'norm': pattern 'fc.bias' selects only parameters that earlier groups "
         "took: 'biases' (fc.bias); every module and pattern of a rule must select at least one "
-        "parameter that the rule takes"
+        "parameter that the rule takes (parameter names look like ['fc.weight', 'fc.bias', "
+        "'norm.weight', 'norm.bias'])"
     )
 
 

@@ -181,9 +181,11 @@ def _check_rule_used(
             f"like {_examples(model)}; " + "; ".join(notes)
         )
     if notes:
+        names = [name for names, _ in params for name in names][:5]
         raise ParamGroupError(
             f"parameter group {rule['name']!r}: " + "; ".join(notes) + "; every module and "
-            "pattern of a rule must select at least one parameter that the rule takes"
+            "pattern of a rule must select at least one parameter that the rule takes "
+            f"(parameter names look like {names})"
         )
 
 
