@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 from groupwise.cli import run
 from groupwise.trainer import GroupwiseTrainer
 from groupwise.tuner import RangeTest, multipliers, smooth
+from groupwise.tuner.lr_finder import plot_range_test
 
 FAST = str(ROOT / "configs" / "fast.yaml")
 
@@ -291,3 +292,29 @@ def test_a_layer_decay_rule_with_its_own_lr_gets_one_value(data_dir, tmp_path, c
     assert table["features.features.3"] == pytest.approx(0.005 * multiplier, rel=1e-5)
     lrs = lrs_of_fit_with([*args, *override_of(out)])
     assert lrs == {name: pytest.approx(lr, rel=1e-5) for name, lr in table.items()}
+
+
+def test_a_sweep_stopped_by_a_loss_that_jumps_in_one_step_has_diverged_there():
+    """Falling, then one step 600x up: the early stop fires at that step, and the running
+    median drops a one-step jump, so the smoothed curve never climbs. The sweep printed
+    "Stopped early: ... passed 4 x its lowest" and then "No suggestion: the loss did not
+    diverge"; the step at which it stopped is where it diverged."""
+    losses = [2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1000.0]
+    m = [10.0**k for k in range(len(losses))]
+    stop = "at step 9 the loss's moving average (300) passed 4 x its lowest (1.6) and ..."
+    test = RangeTest(m, losses, {}, {}, 12, m[0], m[-1], smoothing=0.7, stop_reason=stop)
+    assert max(test.smoothed) < 2.3  # the jump is not in the smoothed curve
+    assert test.divergence == 9
+    assert test.suggestion == 1e9 / 3
+    # a sweep that ran to its end without stopping still has no divergence
+    flat = RangeTest(m, losses[:9], {}, {}, 9, m[0], m[8], smoothing=0.7)
+    assert flat.divergence is None
+
+
+def test_a_sweep_stopped_by_a_non_finite_loss_after_a_falling_one_plots(tmp_path):
+    losses = [2.3, 2.2, 2.1, 2.0, 1.9, 1.8, 1.7, 1.6, 1.5, math.nan]
+    m = [10.0**k for k in range(len(losses))]
+    test = RangeTest(m, losses, {}, {}, 12, m[0], m[-1], stop_reason="the loss was nan at step 9")
+    assert test.divergence == 9
+    path, _ = plot_range_test(test, tmp_path / "plot.png")
+    assert path.stat().st_size > 10_000

@@ -130,14 +130,18 @@ class RangeTest:
         """The step at which the loss diverged: the first step after the smoothed loss's
         lowest point at which it climbs back above the midpoint between that lowest value
         and its first value (their geometric mean when both are positive, as a loss that
-        falls by orders of magnitude needs); ``None`` if it never does."""
+        falls by orders of magnitude needs). If it never does but the sweep was stopped
+        early (a non-finite loss, or the moving average past its threshold: a jump of one
+        or two steps at the end, which the running median drops), the step it stopped at;
+        else ``None``."""
+        stopped = len(self.losses) - 1 if self.stop_reason and self.losses else None
         curve = self.smoothed
         if not curve:
-            return None
+            return stopped
         lowest = int(np.argmin(curve))
         low, first = curve[lowest], curve[0]
         middle = math.sqrt(low * first) if low > 0 else (low + first) / 2
-        return next((k for k in range(lowest, len(curve)) if curve[k] > middle), None)
+        return next((k for k in range(lowest, len(curve)) if curve[k] > middle), stopped)
 
     @property
     def suggestion(self) -> float | None:
@@ -323,7 +327,7 @@ def plot_range_test(
             axes.set_yscale("log")
             axes.set_ylim(low / 2, 10 * first)
         else:  # up to the divergence, so that the diverged end does not squash the rest
-            end = steps if test.divergence is None else test.divergence + 1
+            end = steps if test.divergence is None else min(test.divergence + 1, steps)
             shown = [*curve[:end], *np.quantile(test.losses[:end], [0.02, 0.98])]
             margin = 0.05 * (max(shown) - min(shown))
             axes.set_ylim(min(shown) - margin, max(shown) + margin)
