@@ -307,3 +307,21 @@ def test_state_reads_and_writes_reach_the_children_as_torch_s_defaultdict_does()
     del optimizer.state[net.conv.weight]
     assert net.conv.weight not in optimizer.group_optimizers[1].state
     assert list(optimizer.state.items()) == [(net.head.bias, owner.state[net.head.bias])]
+
+
+def test_a_deep_copy_of_model_and_optimizer_trains_on_identically():
+    """As a torch optimizer's does (torch's ``__getstate__`` keeps only ``defaults``,
+    ``state`` and ``param_groups``: the children were lost)."""
+    net, optimizer = build()
+    train_step(net, optimizer, 0)
+    twin, copied = copy.deepcopy((net, optimizer))
+    assert [type(c) for c in copied.group_optimizers] == [
+        type(c) for c in optimizer.group_optimizers
+    ]
+    steps = {id(p) for g in copied.param_groups for p in g["params"]}
+    assert steps == {id(p) for p in twin.parameters()}  # the copy's own parameters
+    for seed in (1, 2):
+        train_step(net, optimizer, seed)
+        train_step(twin, copied, seed)
+    for a, b in zip(net.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -100,6 +100,12 @@ class CombinedOptimizer(Optimizer):
         self._owners: list[tuple[int, int]] = []
         self._set_order(order)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything, for copy and pickle: torch's keeps only ``defaults``, ``state`` and
+        ``param_groups``, which would lose the children (its ``__setstate__`` restores the
+        rest and wraps ``step`` again)."""
+        return dict(self.__dict__)
+
     def _check_disjoint(self) -> None:
         owner: dict[int, int] = {}
         for index, child in enumerate(self.optimizers):
