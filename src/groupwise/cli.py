@@ -77,6 +77,7 @@ from groupwise.checkpoint.last import (
     pick_last,
     settings_changed_message,
 )
+from groupwise.checkpoint.untrusted import RestoredPathGuard
 from groupwise.classifier import Classifier
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 from groupwise.errors import ConfigError, exit_on_user_error
@@ -169,6 +170,7 @@ class GroupwiseCLI(LightningCLI):
         if isinstance(trainer.accelerator, CPUAccelerator):
             keep_freed_host_memory()  # process-wide: see groupwise.host_memory
         trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
+        trainer.callbacks.append(RestoredPathGuard())  # paths restored from a checkpoint
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
             trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()

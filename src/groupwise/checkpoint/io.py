@@ -16,18 +16,27 @@ What Lightning's ``TorchCheckpointIO`` lacks:
 - Loading: a truncated or foreign file surfaces as a low-level unpickling or zip error;
   here the error names the file and what it expected. ``weights_only=True`` is the
   default, so a checkpoint cannot run code when loaded.
+- Removing: it removes whatever is at the path, recursively (``fs.rm(path,
+  recursive=True)``), and ``ModelCheckpoint`` asks it to remove paths restored from the
+  checkpoint after a lexical check only. Here only a regular file, or a symlink itself, is
+  removed, and only in a folder this object saved a checkpoint into (the folder resolved:
+  compared by device and inode); anything else is left, with a warning naming it (see
+  ``groupwise.checkpoint.untrusted`` for the first line of defence).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
+from groupwise.checkpoint.untrusted import is_url
 from groupwise.errors import UserError, did_you_mean
 
 
@@ -40,7 +49,12 @@ class CheckpointSaveError(OSError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` with same-directory atomic saves and checked, safe loads."""
+    """``TorchCheckpointIO`` with same-directory atomic saves, checked, safe loads and
+    removals confined to the folders it saved into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved_folders: set[tuple[int, int]] = set()  # (st_dev, st_ino)
 
     def save_checkpoint(
         self,
@@ -80,7 +94,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
         _fsync_directory(path.parent)
+        folder = path.parent.stat()
+        self._saved_folders.add((folder.st_dev, folder.st_ino))
         remove_stale_temporaries(path)
+
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        """Remove the regular file or the symlink (not its target) at ``path`` if it lies
+        directly in a folder this object saved a checkpoint into; nothing if it does not
+        exist; anything else is left, with a warning that names it."""
+        path = os.fspath(path)
+        reason = self._not_removable(path)
+        if reason is not None:
+            rank_zero_warn(f"not removing checkpoint path {path!r}: {reason}")
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _not_removable(self, path: str) -> str | None:
+        """Why ``path`` may not be removed, or None (also for a path that does not exist)."""
+        if is_url(path):
+            return "not a local path"
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:  # ValueError: an embedded NUL
+            return f"cannot inspect it ({error})"
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            return "not a regular file (a checkpoint is never a directory)"
+        try:
+            folder = os.stat(os.path.dirname(path) or ".")
+        except OSError as error:
+            return f"cannot inspect its folder ({error})"
+        if (folder.st_dev, folder.st_ino) not in self._saved_folders:
+            return "not in a folder this run saved checkpoints into"
+        return None
 
     def load_checkpoint(
         self,
