@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from cli_run import LENET, ROOT, f32, quick, scalars
+from cli_run import LENET, ROOT, f32, groupwise, quick, scalars
 from file_snapshot import snapshot
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -318,3 +318,15 @@ def test_a_sweep_stopped_by_a_non_finite_loss_after_a_falling_one_plots(tmp_path
     assert test.divergence == 9
     path, _ = plot_range_test(test, tmp_path / "plot.png")
     assert path.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])  # inf, nan: refused by jsonargparse
+def test_a_bad_lr_multiplier_is_one_error_naming_it(data_dir, tmp_path, value):
+    result = groupwise(
+        "fit", "--config", LENET, *quick(data_dir, tmp_path, "--model.lr_multiplier", value)
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: model.lr_multiplier must be a finite number above 0, got {float(value)}"
+    )
+    assert not (tmp_path / "lightning_logs").exists()

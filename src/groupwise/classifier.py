@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Literal
 
 import torch
@@ -134,8 +135,10 @@ class Classifier(LightningModule):
         self.channels_last = channels_last
         self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
         self.extend_schedule = extend_schedule
-        if not lr_multiplier > 0:
-            raise ConfigError(f"model.lr_multiplier must be above 0, got {lr_multiplier}")
+        if not 0 < lr_multiplier < math.inf:
+            raise ConfigError(
+                f"model.lr_multiplier must be a finite number above 0, got {lr_multiplier}"
+            )
         self.lr_multiplier = lr_multiplier
         self._net_compiled = False
         # the optimizer and scheduler settings of this run (written into each checkpoint),
