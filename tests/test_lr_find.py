@@ -258,16 +258,20 @@ def test_the_override_gives_every_group_of_every_optimizer_the_lr_in_the_table(
     data_dir, tmp_path, capsys
 ):
     """configs/fast_muon.yaml: the Muon filters have their own optimizer's lr (0.08). Pasted
-    into a fit, the printed override gives every group, filters included, the table's lr."""
-    args = [
-        "--config", FAST_MUON, *quick(data_dir, tmp_path, "--model.channels_last", "false")
-    ]  # fmt: skip
+    into a fit, the printed override gives every group, filters included, the table's lr
+    (here on top of an lr_multiplier of 2 already in the config)."""
+    args = ["--config", FAST_MUON, *quick(data_dir, tmp_path, "--model.channels_last", "false")]
+    args += ["--model.lr_multiplier", "2"]
     run(["lr_find", *args, "--num_steps", "12", "--max_multiplier", "1e5"])
     out = capsys.readouterr().out
     table = suggested_table(out)
     assert set(table) == {"filters", "norm", "default"}
     lrs = lrs_of_fit_with([*args, *override_of(out)])
     assert lrs == {name: pytest.approx(lr, rel=1e-5) for name, lr in table.items()}
+    # the same lrs from the config's values, one per optimizer
+    multiplier = float(re.search(r"lr at x(\S+)", out)[1])
+    assert f"  model.optimizer lr {0.1 * 2 * multiplier:g}" in out.splitlines()
+    assert f"  rule 'filters': optimizer lr {0.08 * 2 * multiplier:g}" in out.splitlines()
 
 
 LAYER_DECAY_RULE = (
