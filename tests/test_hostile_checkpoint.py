@@ -202,10 +202,11 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def resume_hostile(source: dict, data_dir: Path, draw_plan) -> list[str]:
+def resume_hostile(source: dict, data_dir: Path, draw_plan, check=None) -> list[str]:
     """Resume a one-step fit in a fresh project from a checkpoint drawn by ``draw_plan``;
     check that nothing outside its checkpoint folder changed, no directory in it, and that
-    every restored path outside it was named in a warning; return the warnings."""
+    every restored path outside it was named in a warning, then ``check(root)``; return
+    the warnings."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()
         layout(root)
@@ -230,6 +231,8 @@ def resume_hostile(source: dict, data_dir: Path, draw_plan) -> list[str]:
         for path, is_outside in used:
             named = any(repr(path) in m and "outside" in m for m in messages)
             assert named == is_outside, (path, messages)
+        if check is not None:
+            check(root)
         return messages
 
 
@@ -288,6 +291,24 @@ def test_a_directory_in_the_folder_is_never_removed(source, data_dir):
     assert refused[0].endswith(
         "/ckpts/sub': not a regular file (a checkpoint is never a directory)"
     )
+
+
+def test_a_restored_checkpoint_in_the_folder_is_still_replaced_by_a_better_one(source, data_dir):
+    """Lightning's own top-k removal keeps working for a restored path in the folder."""
+
+    def plan(root: Path) -> tuple[dict, list[tuple[str, bool]]]:
+        (root / "ckpts" / "old.ckpt").write_bytes(b"an earlier top-1 checkpoint")
+        path = f"{root}/ckpts/old.ckpt"
+        return {"save_last": None, "monitored": {"best_k_models": path}, "last": {}}, [
+            (path, False)
+        ]
+
+    def removed(root: Path) -> None:
+        assert not (root / "ckpts" / "old.ckpt").exists()
+        assert len(list((root / "ckpts").glob("epoch*.ckpt"))) == 1
+
+    messages = resume_hostile(source, data_dir, plan, check=removed)
+    assert not any("old.ckpt" in m for m in messages)
 
 
 # ---- each line of defence on its own, over many generated cases --------------------------
