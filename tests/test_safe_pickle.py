@@ -279,3 +279,12 @@ def test_the_official_files_load_unchanged(tmp_path):
             else:
                 assert ours[key] == value and type(ours[key]) is type(value)
     assert ours[b"label_names"] == [c.encode() for c in CLASSES]
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_an_empty_numpy_bytes_scalar_loads(protocol):
+    """Found by the property test: ``np.bytes_(b"")`` pickles with dtype ``S0`` (which
+    no array has) and, in protocols 0-2, its raw data as ``bytes()``."""
+    blob = pickle.dumps({b"data": np.bytes_(b"")}, protocol=protocol)
+    ours = safe_pickle.load(io.BytesIO(blob))[b"data"]
+    assert_same_numpy_value(ours, pickle.loads(blob)[b"data"])

@@ -66,7 +66,7 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 
 # numpy type strings of plain numeric and byte-string dtypes, as numpy pickles them
 # (``np.dtype("f8").__reduce__()[1][0] == "f8"``): bool, integers, floats, complex, S<n>
-_TYPE_STRING = re.compile(r"b1|[iu][1248]|f(2|4|8|16)|c(8|16|32)|S[1-9][0-9]{0,8}")
+_TYPE_STRING = re.compile(r"b1|[iu][1248]|f(2|4|8|16)|c(8|16|32)|S(0|[1-9][0-9]{0,8})")
 PLAIN_TYPES = "b1, i1..i8, u1..u8, f2, f4, f8, f16, c8, c16, c32, S<n>"
 _MAX_DIMS = 32  # numpy 1.x's limit (numpy 2 allows 64)
 _LATIN1 = ("latin1", "iso88591")  # spellings of latin-1, after lower() and removing - and _
@@ -293,6 +293,10 @@ def _reconstruct(subtype: object, shape: object, typecode: object) -> _PendingAr
 
 def _scalar(dtype: object, raw: object) -> _Pending:
     dtype = _dtype_of(dtype, "a scalar")
+    if dtype.itemsize == 0:  # np.bytes_(b"") pickles with dtype S0, which no array has
+        if _raw_bytes(raw, "a scalar") != b"":
+            raise _refuse("raw data of a scalar", raw, "an S0 scalar takes 0 bytes")
+        return _Pending("numpy scalar", np.bytes_(b""))
     return _Pending("numpy scalar", _array(raw, dtype, (1,), "C", "a scalar").copy()[0])
 
 
