@@ -241,7 +241,9 @@ class FailSave(Callback):
 
 class SignalAt(Callback):
     """Send this process ``signal`` (a name) as the training batch of global step ``step``
-    starts (``during="train"``), or as the first validation batch of epoch ``epoch`` starts
+    starts (``during="train"``; with gradient accumulation the first batch of that step's
+    window), as training batch ``batch`` of epoch ``epoch`` starts (``during="batch"``), or
+    as validation batch ``batch`` (by default the first) of epoch ``epoch`` starts
     (``during="validation"``), once; writes the ``time.time()`` of sending to ``stamp``.
     ``rank``: only on that global rank."""
 
@@ -253,9 +255,11 @@ class SignalAt(Callback):
         epoch: int = 0,
         during: str = "train",
         rank: int | None = None,
+        batch: int = 0,
     ) -> None:
         self.signum, self.stamp = globals()["signal"].Signals[signal], Path(stamp)
         self.step, self.epoch, self.during, self.rank = step, epoch, during, rank
+        self.batch = batch
         self.sent = False
 
     def setup(self, trainer: L.Trainer, *args, **kwargs) -> None:
@@ -267,14 +271,34 @@ class SignalAt(Callback):
             self.stamp.write_text(repr(time.time()))
             os.kill(os.getpid(), self.signum)
 
-    def on_train_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         if self.during == "train" and trainer.global_step == self.step:
             self._send()
-
-    def on_validation_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
-        at_epoch = trainer.current_epoch == self.epoch and not trainer.sanity_checking
-        if self.during == "validation" and at_epoch:
+        at_batch = trainer.current_epoch == self.epoch and batch_idx == self.batch
+        if self.during == "batch" and at_batch:
             self._send()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, *a):
+        at_epoch = trainer.current_epoch == self.epoch and not trainer.sanity_checking
+        if self.during == "validation" and at_epoch and batch_idx >= self.batch:
+            self._send()
+
+
+class Killed(BaseException):
+    """What ``RaiseAtStep`` raises: a kill, for runs in the test's own process."""
+
+
+class RaiseAtStep(Callback):
+    """Raise ``Killed`` after global step ``step``, as ``KillAtStep`` SIGKILLs: for fits in
+    the test's process. Lightning calls the callbacks' ``on_exception`` (no checkpoint
+    callback saves there unless told to), so the files are what a kill leaves."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(self.step)
 
 
 class NaNBatchOnRank(Callback):

@@ -5,9 +5,11 @@ with status 0, as if the run had finished) after the current batch *and* any val
 due, without saving anything, and the loader position is lost; SIGUSR1 is handled only
 under SLURM with auto-requeue, where its handler saves ``hpc_ckpt_N.ckpt`` from inside the
 signal handler, i.e. wherever the step happens to be. Here the handler only records the
-signal; the run goes on to the end of the current optimizer step (or of the validation
-pass under way), all ranks agree on it (under DDP one all-reduce every ``every_n_steps``
-steps, by default Lightning's logging steps, and at each validation end), the
+signal; the run goes on to the end of the current optimizer step (with gradient
+accumulation, to the end of the window under way: a checkpoint inside one would lose the
+gradients accumulated so far), or of the validation pass under way, all ranks agree on
+it (under DDP one all-reduce every ``every_n_steps`` steps, by default Lightning's logging
+steps, and at each validation end), the
 checkpoint is written through the trainer (atomically: ``AtomicCheckpointIO``; every
 callback's state, the optimizer, schedulers and the loader's position in the epoch
 included), the handler that was there before for that signal is then called (Lightning's
@@ -66,9 +68,11 @@ class Preemption(Callback):
             logged values anyway. In one process the signal is acted on after every
             step whatever this is (reading a Python flag costs nothing).
 
-    The time from the signal to the exit is one training step in one process and up to
-    ``every_n_steps`` steps under DDP, or the rest of a validation pass when the signal
-    comes during one, plus the save.
+    The time from the signal to the exit is one training step in one process (with
+    ``accumulate_grad_batches`` N, up to N batches: the window under way is finished) and up
+    to ``every_n_steps`` steps under DDP, or the rest of a validation pass when the signal
+    comes during one (and of the window, when that validation ran inside one), plus the
+    save.
     """
 
     def __init__(
@@ -101,6 +105,10 @@ class Preemption(Callback):
         self._previous: dict[signal.Signals, Any] = {}
         self._stop_next = False
         self._signal: signal.Signals | None = None  # the one all ranks act on
+        # the global step after the last training batch, and whether that batch left a
+        # gradient-accumulation window open (no optimizer step yet)
+        self._step_seen = -1
+        self._in_window = False
 
     # ---- the handlers --------------------------------------------------------------------
 
@@ -109,6 +117,7 @@ class Preemption(Callback):
         # after the trainer registered its own (``_SignalConnector``), which it restores
         # at teardown; only the main thread may set handlers
         self._received, self._stop_next = None, False
+        self._step_seen, self._in_window = trainer.global_step, False
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:
@@ -133,7 +142,14 @@ class Preemption(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # after the optimizer and per-step scheduler steps, where ModelCheckpoint's
-        # every_n_train_steps saves: Lightning's resume counts the batch as done
+        # every_n_train_steps saves: Lightning's resume counts the batch as done. Inside a
+        # gradient-accumulation window no step was taken (global_step is unchanged) and the
+        # gradients accumulated so far are in no checkpoint: the signal waits for the
+        # window's last batch (Lightning steps at an epoch's last batch whatever is left)
+        self._in_window = trainer.global_step == self._step_seen
+        self._step_seen = trainer.global_step
+        if self._in_window:
+            return
         every = self.every_n_steps or trainer.log_every_n_steps or 1
         if trainer.world_size > 1 and trainer.global_step % every:
             return  # not a step on which the ranks agree (global_step counts this one)
@@ -146,6 +162,8 @@ class Preemption(Callback):
         # at the next training hook
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
+        if self._in_window:  # a validation inside an accumulation window (val_check_interval)
+            return  # the signal is acted on at the window's optimizer step
         if self._agreed(trainer):
             self._save(trainer)
             self._stop_next = True
@@ -232,3 +250,24 @@ def _load_loader_position(trainer: L.Trainer) -> None:
     if loop._combined_loader_states_to_load and loop._data_fetcher is not None:
         loop._load_combined_loader_states()
         iter(loop._data_fetcher)
+    _restart_a_finished_epoch(trainer)
+
+
+def _restart_a_finished_epoch(trainer: L.Trainer) -> None:
+    """Start the next epoch at its first batch when the saved position is the end of an
+    epoch that ``limit_train_batches`` cut short.
+
+    What Lightning lacks: it hands the loader the position it saved (4 batches into 6, for a
+    checkpoint after the 4th and last batch of a limited epoch), which the loader cannot
+    tell from a position in mid-epoch; the resumed loop sees the epoch done and runs the
+    next one on the iterator made from that position (``_TrainingEpochLoop.on_run_start``
+    makes no new one while resuming), so the next epoch would skip its first 4 batches.
+    """
+    loader = trainer.train_dataloader
+    if not (hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")):
+        return
+    position = loader.state_dict().get("batches", 0)
+    finished = position > 0 and position >= trainer.num_training_batches
+    if finished and trainer.fit_loop._data_fetcher is not None:
+        loader.load_state_dict({"batches": 0})
+        iter(trainer.fit_loop._data_fetcher)
