@@ -410,3 +410,18 @@ def test_a_remote_folder_holds_only_plain_names_below_it():
         "memory://bucket/run/ckpts/x.ckpt",
     ]:
         assert not inside_folder(path, folder), path
+
+
+def test_an_ordinary_resume_into_a_new_run_folder_warns_of_no_path(data_dir, tmp_path):
+    """The earlier run's best and last files lie in the folder of the checkpoint resumed
+    from: they are the user's own, not hostile; dropped (this run removes only its own
+    files) without a warning on every ordinary resume."""
+    args = quick(data_dir, tmp_path, *ONE_BATCH)
+    run(["fit", "--config", LENET, *args, "--trainer.max_epochs", "1"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(["fit", "--config", LENET, *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    outside = [str(w.message) for w in caught if "outside this run" in str(w.message)]
+    assert outside == []
+    resumed = torch.load(tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt")
+    assert resumed["epoch"] == 1

@@ -16,7 +16,9 @@ line: it removes only a regular file or a symlink itself, in a folder it saved i
 
 from __future__ import annotations
 
+import ast
 import os
+import stat
 from pathlib import PurePath
 from typing import Any
 
@@ -58,6 +60,25 @@ def inside_folder(path: Any, folder: str | None) -> bool:
         except (OSError, ValueError):
             continue
     return False
+
+
+def beside_the_resumed_file(path_repr: str, resumed_from: Any) -> bool:
+    """Whether a dropped path (as ``drop_untrusted_paths`` names it: its ``repr``) is a file,
+    or nothing, directly in the folder of the checkpoint resumed from: an ordinary resume
+    into a new run folder drops the earlier run's best and last files this way, and says
+    nothing about them (the run only ever removes files in its own folder)."""
+    if not isinstance(resumed_from, (str, os.PathLike)) or is_url(os.fspath(resumed_from)):
+        return False
+    try:
+        path = ast.literal_eval(path_repr)
+        resolved = os.path.realpath(path)
+        folder = os.stat(os.path.dirname(os.path.realpath(resumed_from)))
+        parent = os.stat(os.path.dirname(resolved))
+        if not os.path.samestat(parent, folder):
+            return False
+        return not os.path.lexists(resolved) or stat.S_ISREG(os.lstat(resolved).st_mode)
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return False
 
 
 def drop_untrusted_paths(state: dict, folder: str | None, mode: str) -> dict[str, list[str]]:
@@ -108,18 +129,21 @@ class RestoredPathGuard(Callback):
         states = checkpoint.get("callbacks")
         if not isinstance(states, dict):
             return
+        resumed_from = trainer.ckpt_path
         for callback in trainer.callbacks:
             if not isinstance(callback, ModelCheckpoint):
                 continue
             for key in (callback.state_key, type(callback)):  # type: checkpoints before 1.5
                 state = states.get(key)
                 if isinstance(state, dict):
-                    self._drop(callback, state)
+                    self._drop(callback, state, resumed_from)
 
     @staticmethod
-    def _drop(callback: ModelCheckpoint, state: dict) -> None:
+    def _drop(callback: ModelCheckpoint, state: dict, resumed_from: Any) -> None:
         folder = callback.dirpath
         for path, fields in drop_untrusted_paths(state, folder, callback.mode).items():
+            if beside_the_resumed_file(path, resumed_from):
+                continue  # the earlier run's own best / last: dropped without a word
             rank_zero_warn(
                 f"ModelCheckpoint(monitor={callback.monitor!r}): the checkpoint's path {path}"
                 f" ({', '.join(fields)}) is outside this run's checkpoint folder {folder};"
