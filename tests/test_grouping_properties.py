@@ -18,7 +18,8 @@ Classifier's ``configure_optimizers`` calls, the promise is:
 
 A layer-decay property: on a random chain net, every group of a ``layer_decay`` rule has
 an lr that does not fall from the input side up, and the parameters before its first
-listed module are in its lowest-lr part, not in ``default``.
+listed module are in its lowest-lr part, not in ``default``; a block left out between two
+listed ones (that no rule takes) is an error naming the two.
 
 The issues' cases (a tied weight under its second name, a module under two names, the
 typo beside a good pattern of 21.6, a pattern an earlier rule emptied) stay as examples
@@ -311,8 +312,8 @@ def chains(draw):
     blocks = draw(st.integers(1, 4))
     net.blocks = nn.Sequential(*[nn.Linear(2, 2) for _ in range(blocks)])
     net.head = nn.Linear(2, 2)
-    first = draw(st.integers(0, blocks - 1))
-    listed = [f"blocks.{i}" for i in range(first, blocks)]
+    indices = sorted(draw(st.sets(st.integers(0, blocks - 1), min_size=1)))
+    listed = [f"blocks.{i}" for i in indices]  # a block left out between two: an error
     decay = draw(st.floats(0.1, 1.0))
     rule = {"name": "body", "modules": listed, "layer_decay": decay}
     return net, rule, draw(st.booleans())
@@ -322,7 +323,13 @@ def chains(draw):
 @given(chains())
 def test_layer_decay_lrs_never_fall_from_the_input_side_up(case):
     net, rule, split = case
-    groups = build_param_groups(net, [rule, {"name": "top", "modules": ["head"]}], SGD, split)
+    rules = [rule, {"name": "top", "modules": ["head"]}]
+    indices = [int(m.split(".")[1]) for m in rule["modules"]]
+    if indices != list(range(indices[0], indices[-1] + 1)):  # a block between listed ones
+        with pytest.raises(ParamGroupError, match=r"registered between 'blocks\.\d+' and"):
+            build_param_groups(net, rules, SGD, split)
+        return
+    groups = build_param_groups(net, rules, SGD, split)
     parts = [g for g in groups if g["name"].startswith("body.")]
     lrs = [g["lr"] for g in parts]
     assert lrs == sorted(lrs) and max(lrs) <= SGD["lr"]
@@ -332,4 +339,8 @@ def test_layer_decay_lrs_never_fall_from_the_input_side_up(case):
     lowest = {id(p) for g in parts if g["lr"] == min(lrs) for p in g["params"]}
     assert before <= lowest  # the stem trains at the lowest lr of the rule
     default = {id(p) for g in groups if g["name"].startswith("default") for p in g["params"]}
-    assert not default
+    top = [n for n, _ in registered].index(rule["modules"][-1] + ".weight")
+    assert default <= {id(p) for _, p in registered[top:]}  # only blocks above the top one
+    assert all(
+        g.get("lr", SGD["lr"]) >= max(lrs) for g in groups if g["name"].startswith("default")
+    )

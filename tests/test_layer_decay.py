@@ -198,3 +198,20 @@ def test_resume_checks_the_expanded_groups(data_dir, tmp_path):
     resumed = run(["fit", "--config", LENET, *args[:-3], "--trainer.max_epochs", "2", GROUPS,
                    "--ckpt_path", "last"])  # fmt: skip
     assert resumed.trainer.global_step == 6
+
+
+def test_a_layer_between_listed_ones_is_an_error_unless_a_rule_takes_it():
+    """resnet18 with layer2 left out of the list: its parameters would train in `default`
+    at the full lr, between layers at 0.1 * 0.7**k (a silent inversion, like the stem's);
+    the rule must name them, or another rule take them."""
+    net = torchvision.models.resnet18(num_classes=10)
+    rules = [{"name": "backbone", "modules": ["layer1", "layer3", "layer4"], "layer_decay": 0.7}]
+    with pytest.raises(ParamGroupError) as caught:
+        build_param_groups(net, rules, SGD)
+    message = str(caught.value)
+    assert "'backbone'" in message and "layer2.0.conv1.weight" in message
+    assert "between 'layer1' and 'layer3'" in message
+    taken = [{"name": "middle", "modules": ["layer2"], "lr": 0.01}, *rules]
+    groups = by_name(build_param_groups(net, taken, SGD))
+    assert members(net, groups["middle"]) == under(net, "layer2")
+    assert "default" not in groups or not members(net, groups["default"]) & under(net, "layer2")

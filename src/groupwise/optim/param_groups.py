@@ -94,7 +94,7 @@ def build_param_groups(
     rules = list(rules or [])
     _check_names(rules, written=True)
     own = dict(rule_defaults or {})
-    rules, below = _expand(model, rules, defaults, own)
+    rules, below, between = _expand(model, rules, defaults, own)
     _check_names(rules)
     for label, opts in [("this one", defaults), *own.values()]:
         if no_decay_split and "weight_decay" not in opts:
@@ -134,9 +134,27 @@ def build_param_groups(
         for (names, param), owner in zip(params, owners, strict=True)
         if owner is None and param.requires_grad
     ]
+    _check_none_between(unmatched, between)
     groups += _split(DEFAULT_GROUP, unmatched, {}, no_decay_split)
     check_partition(model, groups)
     return groups
+
+
+def _check_none_between(
+    unmatched: Sequence[tuple[str, nn.Parameter]], between: Mapping[str, tuple[str, str, str]]
+) -> None:
+    """A parameter registered between two listed modules of a layer-decay rule that no rule
+    takes is an error: in ``default`` it would train at the full lr among decayed layers."""
+    left = [name for name, _ in unmatched if name in between]
+    if left:
+        rule, low, high = between[left[0]]
+        shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+        raise ParamGroupError(
+            f"parameter group {rule!r} sets layer_decay, but {shown} (registered between "
+            f"{low!r} and {high!r}) are in none of its modules and no rule takes them: they "
+            "would train in 'default' at the full lr, above the decayed layers around them. "
+            "List their module in 'modules' in its place, or give them a rule of their own"
+        )
 
 
 def _check_rule_used(
@@ -300,9 +318,11 @@ def _expand(
     defaults: Mapping[str, Any],
     own: Mapping[str, tuple[str, Mapping[str, Any]]],
 ) -> tuple[list[dict[str, Any]], set[int]]:
-    """``expand_layer_decay``, and the indices of the ``.stem`` parts among its rules."""
+    """``expand_layer_decay``, the indices of the ``.stem`` parts among its rules, and the
+    parameters registered between two listed modules of a rule (``_between_listed``)."""
     expanded: list[dict[str, Any]] = []
     below: set[int] = set()
+    between: dict[str, tuple[str, str, str]] = {}
     for rule in rules:
         if LAYER_DECAY_KEY not in rule:
             expanded.append(dict(rule))
@@ -325,6 +345,7 @@ def _expand(
             )
         rest = {k: v for k, v in rule.items() if k not in (*LAYER_DECAY_OWN_KEYS, "lr_scale")}
         stem = _below_first(model, modules, rest.get("params"))
+        between.update(_between_listed(model, name, modules, rest.get("params")))
         if stem:
             below.add(len(expanded))
             lr = base * decay ** (len(modules) + 1)
@@ -333,7 +354,32 @@ def _expand(
             depth = len(modules) - index
             lr = base * decay**depth
             expanded.append({**rest, "name": f"{name}.{module}", "modules": [module], "lr": lr})
-    return expanded, below
+    return expanded, below, between
+
+
+def _between_listed(
+    model: nn.Module, rule: str, modules: Sequence[str], patterns: Sequence[str] | None
+) -> dict[str, tuple[str, str, str]]:
+    """The trainable parameters (matching ``patterns``, if given) that ``model`` registers
+    after a parameter of one listed module and before one of a later listed module, but in
+    none of them (resnet18's ``layer2`` when the list skips it), each with the rule and the
+    two listed modules around it: placed by no part of the rule, they would train in
+    ``default`` at the full lr, between decayed layers."""
+    named = dict(model.named_modules(remove_duplicate=False))
+    owner = {id(p): m for m in reversed(modules) if m in named for p in named[m].parameters()}
+    found, pending, previous = {}, [], None
+    for names, param in named_parameters_with_aliases(model):
+        module = owner.get(id(param))
+        if module is not None:
+            found.update({n: (rule, previous, module) for n in pending if previous != module})
+            pending, previous = [], module
+            continue
+        matched = not patterns or any(
+            fnmatch.fnmatchcase(n, pattern) for n in names for pattern in patterns
+        )
+        if previous is not None and param.requires_grad and matched:
+            pending.append(names[0])
+    return found
 
 
 def _below_first(
