@@ -4,6 +4,8 @@ import functools
 import hashlib
 import http.server
 import os
+import pickle
+import tempfile
 import threading
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from fake_cifar import (
     write_python_layout,
     write_python_tarball,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
@@ -344,3 +348,106 @@ def test_download_from_unreachable_server_is_a_clear_error(local_server, tmp_pat
     with pytest.raises(CIFAR10DownloadError, match="failed: HTTPError") as info:
         ensure_data(tmp_path / "data", download=True)
     assert base_url in str(info.value) and "image-folder layout" in str(info.value)
+
+
+# ---- the cache and files rewritten with their old size and mtime (issue 26, item 9) ----------
+
+
+def rewrite_keeping_size_and_mtime(path: Path, content: bytes) -> None:
+    """Replace ``path`` as ``rsync -a`` or a backup restore does: a new file renamed into
+    place, with the old file's mtime restored."""
+    st = path.stat()
+    assert len(content) == st.st_size
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(content)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    tmp.replace(path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def flip_pixels(batch: Path, start: int, count: int) -> bytes:
+    """The bytes of an official-format batch file with ``count`` pixel values from
+    ``start`` inverted (its pickle holds them as they are, so the size stays)."""
+    raw = bytearray(batch.read_bytes())
+    data = pickle.loads(bytes(raw), encoding="bytes")[b"data"]
+    offset = raw.index(data.tobytes())
+    for i in range(offset + start, offset + start + count):
+        raw[i] ^= 0xFF
+    return bytes(raw)
+
+
+def test_batch_rewritten_with_its_size_and_mtime_is_read_anew(tmp_path):
+    root = write_python_layout(tmp_path, n_train=10, official=True)
+    before = load_split(root, "train")
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    rewrite_keeping_size_and_mtime(batch, flip_pixels(batch, start=3000, count=100))
+    images, labels = python_layout_arrays(root, "train")
+    assert not torch.equal(before.images, torch.from_numpy(images))
+    split = load_split(root, "train")
+    assert torch.equal(split.images, torch.from_numpy(images))
+    assert split.labels.tolist() == labels
+
+
+def test_image_damaged_with_its_size_and_mtime_is_found(tmp_path):
+    root = write_image_folder(tmp_path, n_per_class=2, classes=CLASSES[:2])
+    load_split(root, "train")
+    bad = root / "train" / "automobile" / "0001.png"
+    raw = bytearray(bad.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    rewrite_keeping_size_and_mtime(bad, bytes(raw))
+    with pytest.raises(CIFAR10FileError, match=f"Cannot read image {bad}"):
+        load_split(root, "train")
+
+
+def count_hashes(monkeypatch) -> list[str]:
+    """Wrap the content hash; the returned list gets the name of each file hashed."""
+    names: list[str] = []
+    sha256 = cifar10_files._sha256
+
+    def counting(path):
+        names.append(Path(path).name)
+        return sha256(path)
+
+    monkeypatch.setattr(cifar10_files, "_sha256", counting)
+    return names
+
+
+def test_same_content_with_new_metadata_reuses_the_cache_and_hashes_once(tmp_path, monkeypatch):
+    """A file copied back unchanged (or chmod-ed) keeps the cache: its content is hashed
+    once, then the cache records the file's new ctime."""
+    root = write_python_layout(tmp_path, n_train=10)
+    first = load_split(root, "train")
+    batch = root / "cifar-10-batches-py" / "data_batch_4"
+    rewrite_keeping_size_and_mtime(batch, batch.read_bytes())
+    calls = count_decodes(monkeypatch)
+    reads: list[str] = []
+    monkeypatch.setattr(cifar10_files, "read_python_split", lambda d, s: reads.append(s))
+    hashed = count_hashes(monkeypatch)
+    again = load_split(root, "train")
+    assert reads == [] and calls == []
+    assert hashed == ["data_batch_4"]
+    assert torch.equal(again.images, first.images)
+    load_split(root, "train")
+    assert hashed == ["data_batch_4"]  # the new ctime was recorded: no hashing
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    batch=st.sampled_from(["data_batch_1", "data_batch_5", "test_batch"]),
+    start=st.integers(0, 2 * 3072 - 1),
+    count=st.integers(0, 64),
+)
+def test_a_cached_split_is_what_its_files_hold_after_any_same_size_rewrite(batch, start, count):
+    """Property: pixels inverted anywhere in a batch file (none at all: a copy of the same
+    bytes), the file replaced with its old size and mtime: the next load gives what a
+    load without the cache gives."""
+    split = "test" if batch == "test_batch" else "train"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_python_layout(Path(tmp), n_train=10, n_test=2, official=True)
+        load_split(root, split)
+        path = root / "cifar-10-batches-py" / batch
+        count = min(count, 2 * 3072 - start)
+        rewrite_keeping_size_and_mtime(path, flip_pixels(path, start, count))
+        cached, fresh = load_split(root, split), load_split(root, split, cache=False)
+        assert torch.equal(cached.images, fresh.images)
+        assert torch.equal(cached.labels, fresh.labels)

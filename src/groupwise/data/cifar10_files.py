@@ -10,6 +10,10 @@ Two layouts are read under a data directory:
 A split is decoded once into ``images`` (N, 3, 32, 32) uint8 and ``labels`` (N,) int64
 and cached in ``<data_dir>/.groupwise_cache/<split>.pt``, keyed by a fingerprint of the
 source files (relative path, size and mtime of each), so editing the source rebuilds it.
+A file rewritten with its old size and mtime (``rsync -a``, a backup restore) keeps the
+fingerprint, so the cache also holds each file's sha256 and ctime: the ctime changes with
+every write and no tool can set it back, and a file whose ctime differs is hashed and
+read anew if its content differs (if not, the cache records the new ctime).
 
 torchvision's ``CIFAR10`` reads only the python layout and ``ImageFolder`` decodes every
 image on every access with PIL; neither gives the whole split as one tensor or caches
@@ -53,7 +57,7 @@ PYTHON_FILES: dict[str, tuple[str, ...]] = {
 PYTHON_META = "batches.meta"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_DIR = ".groupwise_cache"
-CACHE_FORMAT = 1  # bump when the cached payload changes meaning
+CACHE_FORMAT = 2  # bump when the cached payload changes meaning (2: ctimes and sha256s)
 IMAGE_SHAPE = (3, 32, 32)
 
 
@@ -176,8 +180,8 @@ def _image_folder_classes(split_dir: Path) -> list[str]:
 
 def _list_image_folder(
     split_dir: Path, classes: Sequence[str]
-) -> tuple[list[str], list[int], list[tuple[int, int]]]:
-    """Relative paths (``<class>/<file>``), labels and (size, mtime_ns) of the images in
+) -> tuple[list[str], list[int], list[tuple[int, int, int]]]:
+    """Relative paths (``<class>/<file>``), labels and (size, mtime_ns, ctime_ns) of the images in
     ``split_dir``, class by class in ``classes`` order, files in sorted name order (the
     order torchvision's ImageFolder uses). Only direct children of class dirs are read;
     other entries (not hidden ones) are skipped with a warning that names them."""
@@ -188,7 +192,7 @@ def _list_image_folder(
         )
     rel_paths: list[str] = []
     labels: list[int] = []
-    stats: list[tuple[int, int]] = []
+    stats: list[tuple[int, int, int]] = []
     skipped: list[str] = []
     for label, cls in enumerate(classes):
         entries, others = [], []
@@ -211,7 +215,7 @@ def _list_image_folder(
             st = e.stat()
             rel_paths.append(f"{cls}/{e.name}")
             labels.append(label)
-            stats.append((st.st_size, st.st_mtime_ns))
+            stats.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     if skipped:
         shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(
@@ -371,7 +375,50 @@ def cache_path(data_dir: str | os.PathLike, split: str) -> Path:
     return Path(data_dir) / CACHE_DIR / f"{split}.pt"
 
 
-def _read_cache(path: Path, fingerprint: str) -> Split | None:
+def _sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+def _sha256s(files: Sequence[Path]) -> torch.Tensor:
+    """The sha256 of each file's content, (N, 32) uint8."""
+    try:
+        digests = b"".join(_sha256(f) for f in files)
+    except OSError as e:
+        raise CIFAR10FileError(f"Cannot read CIFAR-10 source file {e.filename}: {e}") from e
+    return torch.frombuffer(bytearray(digests), dtype=torch.uint8).view(-1, 32)
+
+
+def _unchanged(payload: dict, files: Sequence[Path], ctimes: Sequence[int]) -> list[int] | None:
+    """Indices of the files whose ctime differs from the cached one but whose content
+    does not (hashed now); None if a file's content differs or the payload has no
+    ctimes and sha256s for these files."""
+    cached_ctimes, digests = payload.get("ctimes"), payload.get("digests")
+    if not (
+        isinstance(cached_ctimes, torch.Tensor)
+        and isinstance(digests, torch.Tensor)
+        and cached_ctimes.shape == (len(files),)
+        and digests.shape == (len(files), 32)
+    ):
+        return None
+    changed = torch.nonzero(torch.tensor(ctimes, dtype=torch.int64) != cached_ctimes)
+    changed = changed.flatten().tolist()
+    try:
+        if any(_sha256(files[i]) != bytes(digests[i].tolist()) for i in changed):
+            return None
+    except OSError:  # gone since it was listed: the rebuild says so
+        return None
+    return changed
+
+
+def _read_cache(
+    path: Path, fingerprint: str, files: Sequence[Path], ctimes: Sequence[int]
+) -> Split | None:
+    """The cached split if its fingerprint matches and no source file's content changed;
+    rewrites the cache with the new ctimes of files whose content was hashed unchanged."""
     if not path.is_file():
         return None
     try:
@@ -387,7 +434,13 @@ def _read_cache(path: Path, fingerprint: str) -> Split | None:
         or payload.get("fingerprint") != fingerprint
     ):
         return None
-    return Split(payload["images"], payload["labels"], list(payload["classes"]))
+    same_content = _unchanged(payload, files, ctimes)
+    if same_content is None:
+        return None
+    split = Split(payload["images"], payload["labels"], list(payload["classes"]))
+    if same_content:  # so that the next load need not hash them again
+        _write_cache(path, fingerprint, split, ctimes, payload["digests"])
+    return split
 
 
 def _umask() -> int:
@@ -396,7 +449,9 @@ def _umask() -> int:
     return mask
 
 
-def _write_cache(path: Path, fingerprint: str, split: Split) -> None:
+def _write_cache(
+    path: Path, fingerprint: str, split: Split, ctimes: Sequence[int], digests: torch.Tensor
+) -> None:
     """Write atomically (temp file in the same dir, then ``os.replace``), so a failure at
     any point leaves the previous file, if any, as it was and no temp file behind; a
     read-only or full disk only costs a warning."""
@@ -406,6 +461,8 @@ def _write_cache(path: Path, fingerprint: str, split: Split) -> None:
         "images": split.images,
         "labels": split.labels,
         "classes": split.classes,
+        "ctimes": torch.tensor(ctimes, dtype=torch.int64),
+        "digests": digests,
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -525,13 +582,15 @@ def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True
     if layout == "python":
         base = data_dir / PYTHON_DIR
         names = (*PYTHON_FILES[split], PYTHON_META)
-        entries = []
+        entries, ctimes = [], []
         for name in names:
             try:
                 st = (base / name).stat()
             except FileNotFoundError as e:
                 raise CIFAR10NotFoundError(f"Missing CIFAR-10 batch file {base / name}") from e
             entries.append((name, st.st_size, st.st_mtime_ns))
+            ctimes.append(st.st_ctime_ns)
+        files = [base / name for name in names]
     else:
         split_dir = data_dir / split
         classes = _image_folder_classes(split_dir)
@@ -551,18 +610,23 @@ def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True
                     " so that a label means the same class in both."
                 )
         rel_paths, labels, stats = _list_image_folder(split_dir, classes)
-        entries = [(p, s, m) for p, (s, m) in zip(rel_paths, stats, strict=True)]
+        entries = [(p, s, m) for p, (s, m, _) in zip(rel_paths, stats, strict=True)]
+        ctimes = [c for _, _, c in stats]
+        files = [split_dir / p for p in rel_paths]
 
     fingerprint = _fingerprint(layout, split, entries)
     path = cache_path(data_dir, split)
-    if cache and (hit := _read_cache(path, fingerprint)) is not None:
+    if cache and (hit := _read_cache(path, fingerprint, files, ctimes)) is not None:
         return hit
 
+    # hashed before decoding: a file that changes from here on gets a new ctime, so the
+    # next load hashes it again and finds that its content differs from this hash
+    digests = _sha256s(files) if cache else None
     if layout == "python":
         result = read_python_split(data_dir, split)
     else:
         images = decode_images([split_dir / p for p in rel_paths])
         result = Split(images, torch.tensor(labels, dtype=torch.int64), classes)
     if cache:
-        _write_cache(path, fingerprint, result)
+        _write_cache(path, fingerprint, result, ctimes, digests)
     return result
