@@ -226,7 +226,8 @@ def _array(raw: object, dtype: np.dtype, shape: tuple[int, ...], order: str, wha
             f"a {dtype} array of shape {shape} takes {math.prod(shape) * dtype.itemsize} bytes",
         )
     try:
-        return np.frombuffer(raw, dtype).reshape(shape, order=order)
+        flat = np.frombuffer(raw, dtype) if raw else np.empty(0, dtype)  # any numpy's empty
+        return flat.reshape(shape, order=order)
     except ValueError as e:  # e.g. more elements than numpy can index, in an empty array
         raise _refuse(f"shape of {what}", shape, str(e)) from None
 
