@@ -451,3 +451,19 @@ def test_a_cached_split_is_what_its_files_hold_after_any_same_size_rewrite(batch
         cached, fresh = load_split(root, split), load_split(root, split, cache=False)
         assert torch.equal(cached.images, fresh.images)
         assert torch.equal(cached.labels, fresh.labels)
+
+
+def test_a_cache_folder_that_is_a_symlink_out_of_the_data_folder_is_not_written(tmp_path):
+    """An untrusted data folder may ship ``.groupwise_cache`` as a symlink to another folder:
+    the run writes no file there (a ``train.pt`` of the user's is left as it was); it decodes
+    and says, once, why it caches nothing."""
+    root = write_image_folder(tmp_path / "shared", n_per_class=1, classes=CLASSES[:2])
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    (elsewhere / "train.pt").write_bytes(b"the user's own file")
+    (root / ".groupwise_cache").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"\.groupwise_cache is a symlink"):
+        split = load_split(root, "train")
+    assert split.images.shape[0] == 2
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["train.pt"]
+    assert (elsewhere / "train.pt").read_bytes() == b"the user's own file"

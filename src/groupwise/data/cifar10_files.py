@@ -616,6 +616,14 @@ def load_split(data_dir: str | os.PathLike, split: SplitName, cache: bool = True
 
     fingerprint = _fingerprint(layout, split, entries)
     path = cache_path(data_dir, split)
+    if cache and path.parent.is_symlink():
+        cache = False  # a folder shipped as a link elsewhere: write nothing there
+        warnings.warn(
+            f"{data_dir / CACHE_DIR} is a symlink (to {os.readlink(path.parent)}): the decoded"
+            " images are not cached (a run writes its cache only inside the data folder);"
+            " remove the link to cache them",
+            stacklevel=2,
+        )
     if cache and (hit := _read_cache(path, fingerprint, files, ctimes)) is not None:
         return hit
 
