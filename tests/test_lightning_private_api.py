@@ -23,6 +23,9 @@ below fails, saying which name, if a Lightning release renames it or stops calli
   Lightning's SIGTERM handler, the only thing that sets the flag it sends, is not
   installed); ``tests/test_ddp.py::test_ordinary_ddp_steps_make_no_host_read`` sees the
   sync come back if the name changes;
+- ``_TrainingEpochLoop._should_check_val_fx`` (and ``FitLoop._data_fetcher``): called by
+  ``Preemption`` to act on a signal after the validation due after a batch, not before it
+  (Lightning's resume would skip that validation);
 - ``LightningModule._trainer``: read by ``Classifier``'s checkpoint hooks, which also run
   without a trainer (``Classifier.load_from_checkpoint``), where the public ``trainer``
   property raises.
@@ -148,3 +151,18 @@ def test_training_epoch_loop_still_broadcasts_sigterm_through_one_method():
     assert "self._broadcast_sigterm_tensor()" in source
     assert "received_sigterm" in inspect.getsource(_TrainingEpochLoop._broadcast_sigterm_tensor)
     assert "received_sigterm" not in source
+
+
+def test_training_epoch_loop_still_decides_validation_in_should_check_val_fx():
+    """``_should_check_val_fx(data_fetcher)`` is what the loop asks after each batch."""
+    import inspect
+
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    parameters = inspect.signature(_TrainingEpochLoop._should_check_val_fx).parameters
+    assert list(parameters) == ["self", "data_fetcher"]
+    assert "self._should_check_val_fx(data_fetcher)" in inspect.getsource(
+        _TrainingEpochLoop.on_advance_end
+    )
+    assert "self._data_fetcher" in inspect.getsource(_FitLoop.advance)

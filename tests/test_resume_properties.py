@@ -109,7 +109,7 @@ class Runs:
     def stop_and_resume(self, shape: Shape, *fault: str) -> tuple[dict | None, dict]:
         """The run stopped by ``fault`` and resumed from its ``last.ckpt``: (the checkpoint
         it left, or None where it left none; the resumed run's final checkpoint)."""
-        root = self.fresh()
+        root = self.stopped = self.fresh()
         try:
             status = fit(self.data_dir, root, shape, *fault)
         except Killed:
@@ -119,14 +119,10 @@ class Runs:
         saved = load_checkpoint_file(saved_path) if saved_path.is_file() else None
         resume = ["--ckpt_path", str(saved_path)] if saved is not None else []
         again = self.fresh()
-        assert fit(self.data_dir, again, shape, *fault_free(fault), *resume) == 0
+        # neither the fault nor the checkpoint cadence it came with: with
+        # every_n_train_steps, Lightning's last.ckpt is not rewritten at epoch ends
+        assert fit(self.data_dir, again, shape, *resume) == 0
         return saved, load_checkpoint_file(again / LAST)
-
-
-def fault_free(fault: tuple[str, ...]) -> list[str]:
-    """The fault's arguments without the injected callback (a resumed run is not faulted),
-    keeping the other trainer settings it came with."""
-    return [a for a in fault if not a.startswith("--trainer.callbacks+=")]
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +249,31 @@ def test_a_resume_after_the_last_batch_of_a_limited_epoch_starts_the_next_at_its
     assert_resumed_exactly(final, runs.uninterrupted(shape))
 
 
+def test_sigterm_as_the_runs_last_batch_starts_keeps_the_final_validation(runs):
+    """Found by the property: a checkpoint saved after the run's last batch, before the
+    validation due after it, resumed into a run that had nothing left to do: no final
+    validation and no final checkpoint. The signal is now acted on after that validation."""
+    shape = Shape()
+    stamp = str(runs.root / "stamp")
+    fault = callback("SignalAt", signal="SIGTERM", stamp=stamp, during="batch", epoch=1, batch=5)
+    saved, final = runs.stop_and_resume(shape, fault)
+    assert saved["global_step"] == 2 * BATCHES
+    assert_resumed_exactly(final, runs.uninterrupted(shape))
+
+
+def test_sigterm_before_a_mid_epoch_validation_is_acted_on_after_it(runs):
+    """val_check_interval 0.5: validation after batch 2. A signal as batch 2 starts stops
+    the run after that validation, so its val/acc and best checkpoint are written."""
+    shape = Shape(val_check_interval=0.5)
+    stamp = str(runs.root / "stamp")
+    fault = callback("SignalAt", signal="SIGTERM", stamp=stamp, during="batch", epoch=0, batch=2)
+    saved, final = runs.stop_and_resume(shape, fault)
+    assert saved["global_step"] == 3
+    (best,) = (runs.stopped / "lightning_logs/version_0/checkpoints").glob("epoch*.ckpt")
+    assert load_checkpoint_file(best)["global_step"] == 3
+    assert_resumed_exactly(final, runs.uninterrupted(shape))
+
+
 # ---- resume settings ------------------------------------------------------------------------
 
 # (arguments of the change, the setting the error must name); each alters the trajectory
@@ -298,34 +319,42 @@ def saved_run(data_dir, runs) -> Path:
     return root / LAST
 
 
-def check_settings_change(runs: Runs, saved: Path, changes: list[str]) -> None:
-    refused = [REFUSED[c] for c in changes if c in REFUSED]
-    args = [a for c in changes for a in (REFUSED[c][0] if c in REFUSED else ALLOWED[c])]
+def check_settings_change(runs: Runs, saved: Path, changes: tuple[list[str], list[str]]) -> None:
+    """Resume ``saved`` with the ``REFUSED`` and ``ALLOWED`` changes named in ``changes``."""
+    refused, allowed = changes
+    args = [a for c in refused for a in REFUSED[c][0]] + [a for c in allowed for a in ALLOWED[c]]
     event("refused" if refused else "allowed")
     root = runs.fresh()
     resume = [*SAVED_WITH, "--trainer.max_epochs", "2", "--ckpt_path", str(saved), *args]
     if not refused:
         assert fit(runs.data_dir, root, Shape(), *resume) == 0
-        assert load_checkpoint_file(root / LAST)["epoch"] == 1  # it went on from epoch 1
+        final = load_checkpoint_file(root / LAST)  # it went on from the end of epoch 0
+        assert (final["epoch"], final["global_step"]) == (1, 2 * BATCHES)
         return
     with pytest.raises(CheckpointError) as error:
         fit(runs.data_dir, root, Shape(), *resume)
     message = str(error.value)
     assert message.startswith(f"checkpoint {saved} was trained with other ")
-    for _, name in refused:
-        assert f"  {name}" in message, (name, message)
+    for change in refused:
+        assert f"  {REFUSED[change][1]}" in message, (change, message)
+    for key in ("log_every_n_steps", "progress_bar", "model_summary", "every_n_steps"):
+        assert key not in message  # what may change is not named
     assert not list(root.rglob("*.ckpt"))  # stopped before training: nothing saved
 
 
-changes = st.lists(
-    st.sampled_from(sorted(REFUSED) + sorted(ALLOWED)), min_size=1, max_size=2, unique=True
-).filter(
-    # another optimizer class takes other options, and the two clipping changes set the
-    # same value: such pairs are no longer two changes
-    lambda c: (
-        len(c) == 1 or not ({"optimizer"} & set(c) or {"clipping", "clipping algorithm"} <= set(c))
+def compatible(refused: list[str]) -> bool:
+    """Another optimizer class takes other options, no scheduler has none, and both
+    clipping changes set the clip value: such a pair would not be two changes."""
+    return len(refused) < 2 or not (
+        {"optimizer", "scheduler"} & set(refused)
+        or {"clipping", "clipping algorithm"} <= set(refused)
     )
-)
+
+
+changes = st.tuples(
+    st.lists(st.sampled_from(sorted(REFUSED)), max_size=2, unique=True).filter(compatible),
+    st.lists(st.sampled_from(sorted(ALLOWED)), max_size=2, unique=True),
+).filter(lambda c: c[0] or c[1])
 
 
 @seed(21)

@@ -150,6 +150,11 @@ class Preemption(Callback):
         self._step_seen = trainer.global_step
         if self._in_window:
             return
+        if _validation_follows(trainer):
+            # acted on at that validation's end: Lightning resumes a checkpoint saved here
+            # after that validation (it would be skipped: no val/acc, no best checkpoint
+            # of it, and at the last batch of the run no final checkpoint at all)
+            return
         every = self.every_n_steps or trainer.log_every_n_steps or 1
         if trainer.world_size > 1 and trainer.global_step % every:
             return  # not a step on which the ranks agree (global_step counts this one)
@@ -224,6 +229,14 @@ class Preemption(Callback):
         if dirpath is None:
             dirpath = Path(trainer.default_root_dir) / "checkpoints"
         return str(Path(dirpath) / f"{self.filename}{ModelCheckpoint.FILE_EXTENSION}")
+
+
+def _validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended: its
+    own decision, ``_TrainingEpochLoop._should_check_val_fx`` (private; no public API says
+    it; ``tests/test_lightning_private_api.py`` guards it)."""
+    loop = trainer.fit_loop
+    return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
 
 
 def _no_broadcast() -> None:
