@@ -310,6 +310,12 @@ def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
 
 
 def main() -> None:
-    """The ``groupwise`` console script: a ``UserError`` prints one message and exits 2."""
+    """The ``groupwise`` console script: a ``UserError`` prints one message and exits 2.
+    ``groupwise sweep ...`` is ``groupwise.sweep`` (an Optuna study whose trials are fits)."""
     with exit_on_user_error():
-        run()
+        if sys.argv[1:2] == ["sweep"]:
+            from groupwise.sweep import main as sweep  # imports Optuna only for a sweep
+
+            sweep(sys.argv[2:], fit=run)
+        else:
+            run()

@@ -1,0 +1,5 @@
+"""``groupwise sweep``: Optuna studies over config values, each trial a real ``fit``."""
+
+from groupwise.sweep.command import main
+
+__all__ = ["main"]
