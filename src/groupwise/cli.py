@@ -79,6 +79,7 @@ from groupwise.checkpoint.last import (
 )
 from groupwise.checkpoint.untrusted import RestoredPathGuard
 from groupwise.classifier import Classifier
+from groupwise.console import device_line, quiet_console
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
 from groupwise.errors import ConfigError, exit_on_user_error
 from groupwise.host_memory import keep_freed_host_memory
@@ -174,6 +175,7 @@ class GroupwiseCLI(LightningCLI):
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and not user_bar:  # Lightning's default bar
             trainer.callbacks[trainer.callbacks.index(bar)] = ProgressBar()
+        rank_zero_info(device_line(trainer))  # for Lightning's GPU and TPU lines
         return trainer
 
     def configured(self, key: str) -> Any:
@@ -298,15 +300,16 @@ def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
     # such specs inside ``Any`` (deprecated, with a warning; the default from jsonargparse 5).
     if "instantiate_subclass_spec_in_any" in inspect.signature(set_parsing_settings).parameters:
         set_parsing_settings(instantiate_subclass_spec_in_any=False)
-    return GroupwiseCLI(
-        Classifier,
-        CIFAR10DataModule,
-        trainer_class=GroupwiseTrainer,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        **kwargs,
-    )
+    with quiet_console():  # Lightning's chatter hidden, for this run only (groupwise.console)
+        return GroupwiseCLI(
+            Classifier,
+            CIFAR10DataModule,
+            trainer_class=GroupwiseTrainer,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            **kwargs,
+        )
 
 
 def main() -> None:
