@@ -93,6 +93,7 @@ def test_validation_and_test_order_is_a_seeded_permutation_so_the_first_batches_
     assert torch.equal(test_first, torch.arange(10).repeat_interleave(10)[order[:10]])
     assert (test_first.bincount(minlength=10) > 0).sum() == 7
     # predict keeps the files' order, so its outputs line up with the files
+    dm.setup("predict")
     assert next(iter(dm.predict_dataloader()))[1].tolist() == [0] * 10
 
 

@@ -66,6 +66,7 @@ from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.prediction_writer import PredictionWriter
 from groupwise.callbacks.preemption import Preemption
 from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.callbacks.rng_state import RNGStateCheckpoint
@@ -121,6 +122,8 @@ class GroupwiseCLI(LightningCLI):
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(GroupStats, "group_stats")
         parser.add_lightning_class_args(ConfusionMatrix, "confusion_matrix")
+        # predict: the predictions into <run directory>/predictions.csv
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults(
             {

@@ -8,6 +8,7 @@ from groupwise.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from groupwise.callbacks.group_plan import GroupPlan
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
+from groupwise.callbacks.prediction_writer import PredictionWriter
 from groupwise.callbacks.preemption import Preempted, Preemption
 from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.callbacks.rng_state import RNGStateCheckpoint
@@ -26,6 +27,7 @@ __all__ = [
     "NonFiniteLossError",
     "Preempted",
     "Preemption",
+    "PredictionWriter",
     "ProgressBar",
     "RNGStateCheckpoint",
     "RunSummary",

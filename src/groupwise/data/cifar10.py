@@ -26,12 +26,14 @@ from groupwise.data.cifar10_files import (
     CIFAR10NotFoundError,
     Split,
     count_images,
+    decode_images,
     ensure_data,
     has_split,
     load_split,
     read_classes,
 )
 from groupwise.data.per_sample import PerSampleDataset
+from groupwise.data.predict_input import SPLITS, list_images, valid_inputs
 from groupwise.data.resumable_loader import ResumableDataLoader
 from groupwise.errors import ConfigError
 
@@ -123,6 +125,14 @@ class CIFAR10DataModule(L.LightningDataModule):
             is applied on top. Shuffling stays the same (``EpochRandomSampler``).
         eval_transform: The same for validation, test and predict; when None those keep
             the batched normalisation.
+        predict_path: The images ``predict`` reads: ``test`` (the test split, in the
+            files' order), ``train`` (the training split) or ``val`` (the held-out training
+            images, in the files' order), or a path: a folder of ``.png``/``.jpg``/``.jpeg``
+            images read recursively in sorted order, or one image (see
+            :mod:`groupwise.data.predict_input`). Images must be 32x32; they get the
+            evaluation transforms (normalisation, or ``eval_transform``). Not a setting of the
+            run: it is left out of the saved hyper-parameters, so ``--ckpt_path last`` finds
+            the run that trained the model.
 
     A transform is configured from YAML by its class path, a torchvision v2 pipeline as a
     ``Compose`` of a list of transforms; a ``torch.dtype`` is written as its import path::
@@ -159,6 +169,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         crop_padding: int = 4,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
+        predict_path: str = "test",
     ) -> None:
         super().__init__()
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
@@ -178,10 +189,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.crop_padding = crop_padding
         self.train_transform = train_transform
         self.eval_transform = eval_transform
+        self.predict_path = predict_path
         # a BatchTensorDataset, or a PerSampleDataset where the split has a transform
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
+        self.predict_set: TensorDataset | None = None
+        # what each row of the predictions says about its image, by predict_set index:
+        # {"image": paths} for files, {"index": ..., "label": ...} for a split
+        self.predict_columns: dict[str, list[str]] = {}
+        self._predict_images: tuple[list[Path], torch.Tensor] | None = None  # files, decoded
         self.train_indices: torch.Tensor | None = None  # into the training split
         self.val_indices: torch.Tensor | None = None
         self._classes: list[str] | None = None
@@ -197,7 +214,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             # v2 transforms are nn.Modules, for which Lightning advises `ignore=`; the repr
             # below is what keeps them out of the checkpoint
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters()
+            # predict_path: what to predict, not a setting of the run (see __init__)
+            self.save_hyperparameters(ignore=["predict_path"])
         hparams = dict(self.hparams)
         for name in _TRANSFORM_ARGS:
             if callable(hparams.get(name)):
@@ -238,18 +256,62 @@ class CIFAR10DataModule(L.LightningDataModule):
     # ---- Lightning's data hooks --------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Download if needed, then decode each split once into the cache."""
+        """Download if needed, then decode each split once into the cache. For ``predict``,
+        only what it reads: the images are checked here, before a run directory is made."""
+        if self._stage() == "predict":
+            self._prepare_predict()
+            return
         ensure_data(self.data_dir, self.download)
         if self.cache:
             for split in ("train", "test"):
                 if has_split(self.data_dir, split):
                     load_split(self.data_dir, split, cache=True)
 
+    def _stage(self) -> str | None:
+        """The trainer's current function (``fit``, ``predict``, ...), None without one."""
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        return None if fn is None else str(getattr(fn, "value", fn))
+
+    def _prepare_predict(self) -> None:
+        """Check (and decode) the images ``predict`` reads; a split is cached as for fit."""
+        if self.predict_path not in SPLITS:
+            paths = list_images(self.predict_path)
+            self._predict_images = (paths, decode_images(paths))
+            return
+        ensure_data(self.data_dir, self.download)
+        self._load_predict_split(self._predict_split_name(), cache=self.cache)
+
+    def _predict_split_name(self) -> str:
+        """The split the ``predict_path`` split name reads (``train`` for ``val``)."""
+        if self.predict_path == "val" and self.val_size == 0:
+            raise ConfigError(
+                "data.predict_path 'val' reads the images held out for validation, and"
+                " data.val_size is 0: set val_size > 0, or predict 'train' or 'test'."
+            )
+        return "test" if self.predict_path == "test" else "train"
+
+    def _load_predict_split(self, split: str, cache: bool) -> Split:
+        """``split`` for ``predict``; a missing test split names ``predict_path``."""
+        try:
+            return load_split(self.data_dir, split, cache=cache)
+        except CIFAR10NotFoundError as e:
+            if split != "test":
+                raise
+            raise CIFAR10NotFoundError(
+                f"`predict` needs a test split, or the images to predict in"
+                f" --data.predict_path (default: test). {e} Set --data.predict_path:"
+                f" {valid_inputs()}."
+            ) from e
+
     def setup(self, stage: str | None = None) -> None:
         """Load the tensors (from the cache) for ``stage`` and split off validation."""
+        stage = None if stage is None else str(getattr(stage, "value", stage))  # a TrainerFn
+        if stage == "predict":
+            self._setup_predict()
+            return
         if stage in (None, "fit", "validate") and self.train_set is None:
             self._setup_train(load_split(self.data_dir, "train", cache=self.cache))
-        if stage in (None, "test", "predict") and self.test_set is None:
+        if stage in (None, "test") and self.test_set is None:
             if stage is None and not has_split(self.data_dir, "test"):
                 return
             try:
@@ -261,6 +323,42 @@ class CIFAR10DataModule(L.LightningDataModule):
                 ) from e
             self._classes = self._classes or test.classes
             self.test_set = _dataset(test.images, test.labels, self.eval_transform)
+        if stage is None and self.predict_path == "test" and self.test_set is not None:
+            self._setup_predict()  # everything there is: the test split's predictions too
+
+    def _setup_predict(self) -> None:
+        """The images of ``predict_path`` as ``predict_set``, with ``predict_columns``."""
+        if self.predict_set is not None:
+            return
+        if self.predict_path not in SPLITS:
+            if self._predict_images is None:  # prepare_data ran on another process
+                paths = list_images(self.predict_path)
+                self._predict_images = (paths, decode_images(paths))
+            paths, images = self._predict_images
+            labels = torch.full((len(paths),), -1, dtype=torch.int64)  # none known
+            self.predict_columns = {"image": [str(path) for path in paths]}
+        else:
+            images, labels, index = self._predict_split()
+            self.predict_columns = {
+                "index": [str(i) for i in index.tolist()],
+                "label": [self.classes[y] for y in labels.tolist()],
+            }
+        self.predict_set = _dataset(images, labels, self.eval_transform)
+        self._predict_images = None
+
+    def _predict_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, labels and indices in their split (the training split for ``val``) of
+        the split ``predict_path`` names, in the files' order."""
+        if self.predict_path == "test" and self.test_set is not None:  # setup(None) read it
+            images, labels = self.test_set.tensors[:2]
+            return images, labels, torch.arange(len(labels))
+        loaded = self._load_predict_split(self._predict_split_name(), cache=self.cache)
+        self._classes = loaded.classes
+        index = torch.arange(len(loaded.labels))
+        if self.predict_path == "val":
+            self._setup_train(loaded)
+            index = self.val_indices.sort().values  # the files' order
+        return loaded.images[index], loaded.labels[index], index
 
     def _setup_train(self, split: Split) -> None:
         n = len(split.labels)
@@ -322,8 +420,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader(Subset(self.test_set, order), "test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split in the files' order, so predictions line up with the files."""
-        return self._loader(self.test_set, "predict", shuffle=False)
+        """The images of ``predict_path`` in the files' order, so predictions line up with
+        the files (``predict_columns`` says which image each index is)."""
+        return self._loader(self.predict_set, "predict", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment (training only) and normalise the uint8 images, already on the device;
