@@ -68,6 +68,9 @@ class Preemption(Callback):
             logged values anyway. In one process the signal is acted on after every
             step whatever this is (reading a Python flag costs nothing).
 
+    A signal at the run's last batch (or during the validation after it) lets the run
+    finish as usual, exit status 0: only its epoch end and checkpoints are left.
+
     The time from the signal to the exit is one training step in one process (with
     ``accumulate_grad_batches`` N, up to N batches: the window under way is finished) and up
     to ``every_n_steps`` steps under DDP, or the rest of a validation pass when the signal
@@ -150,6 +153,8 @@ class Preemption(Callback):
         self._step_seen = trainer.global_step
         if self._in_window:
             return
+        if _last_batch_of_the_run(trainer):
+            return  # the run ends at this epoch's end, writing its checkpoints: let it
         if _validation_follows(trainer):
             # acted on at that validation's end: Lightning resumes a checkpoint saved here
             # after that validation (it would be skipped: no val/acc, no best checkpoint
@@ -169,6 +174,8 @@ class Preemption(Callback):
             return
         if self._in_window:  # a validation inside an accumulation window (val_check_interval)
             return  # the signal is acted on at the window's optimizer step
+        if _last_batch_of_the_run(trainer):
+            return  # the run's last validation: the run finishes, writing its checkpoints
         if self._agreed(trainer):
             self._save(trainer)
             self._stop_next = True
@@ -229,6 +236,17 @@ class Preemption(Callback):
         if dirpath is None:
             dirpath = Path(trainer.default_root_dir) / "checkpoints"
         return str(Path(dirpath) / f"{self.filename}{ModelCheckpoint.FILE_EXTENSION}")
+
+
+def _last_batch_of_the_run(trainer: L.Trainer) -> bool:
+    """Whether the training batch that just ended was the run's last (of its last epoch, or
+    its ``max_steps``-th step). A signal there lets the run finish: only the epoch's end is
+    left, and a checkpoint saved before it resumes into a run with nothing left to do, so
+    that the last validation and checkpoints would never be written."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    return last_epoch and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
 def _validation_follows(trainer: L.Trainer) -> bool:
