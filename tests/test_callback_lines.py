@@ -7,21 +7,26 @@ LeNet on 60 fabricated training images in batches of 20: 3 optimizer steps per e
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import lightning_utilities.core.rank_zero as rank_zero
 import pytest
 import torch
-from cli_run import LENET, f32, quick, scalars
+from cli_run import LENET, f32, groupwise, quick, scalars
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger
 from test_custom_scalars import read_layout
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from groupwise.callbacks import EMAWeightAveraging, FreezeGroups
 from groupwise.callbacks.lr_monitor import LearningRateMonitor
 from groupwise.cli import run
 
@@ -39,6 +44,65 @@ def lines_of(text: str, prefix: str) -> list[str]:
 def only_run(root: Path) -> Path:
     (run_dir,) = (root / "lightning_logs").iterdir()
     return run_dir
+
+
+# ---- FreezeGroups --------------------------------------------------------------------------
+
+
+def test_freeze_groups_says_when_groups_freeze_and_unfreeze_and_tensorboard_marks_them(
+    data_dir, tmp_path
+):
+    """features (and its no_decay half) frozen for 2 of 3 epochs: a line at epoch 0 and at
+    the unfreeze, and a per-group `frozen` scalar (1 while frozen) beside the lr charts."""
+    args = quick(
+        data_dir,
+        tmp_path,
+        "--trainer.max_epochs", "3",
+        "--model.no_decay_split", "true",
+        "--model.scheduler.init_args.milestones", "[1]",
+        callback("groupwise.callbacks.FreezeGroups", frozen={"features": 2}),
+    )  # fmt: skip
+    done = groupwise("fit", "--config", LENET, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lines_of(done.stderr, "FreezeGroups") == [
+        "FreezeGroups: epoch 0 (step 0): frozen, no updates: features, features.no_decay"
+        " until epoch 2",
+        "FreezeGroups: epoch 2 (step 6): unfrozen, training at lr 0.0005: features,"
+        " features.no_decay",
+    ]
+    logged = scalars(only_run(tmp_path))
+    for group in ("features", "features.no_decay"):
+        assert logged[f"groups/{group}/frozen"] == [(0, 1.0), (3, 1.0), (6, 0.0)]
+    assert sorted(tag for tag in logged if tag.endswith("/frozen")) == [
+        "groups/features.no_decay/frozen",
+        "groups/features/frozen",
+    ]  # none for the classifier, which is never frozen
+    # the Custom Scalars tab has the marks in a chart of their own
+    charts = read_layout(only_run(tmp_path))["parameter groups"]
+    assert charts["frozen (1: no update)"] == [
+        re.escape(f"groups/{group}/frozen") + "$" for group in ("features", "features.no_decay")
+    ]
+
+
+# ---- EMAWeightAveraging --------------------------------------------------------------------
+
+
+def test_ema_says_when_averaging_starts_and_tensorboard_counts_its_updates(data_dir, tmp_path):
+    spec = {"decay": 0.5, "update_starting_at_epoch": 1}
+    args = quick(
+        data_dir,
+        tmp_path,
+        "--trainer.max_epochs", "2",
+        callback("groupwise.callbacks.EMAWeightAveraging", **spec),
+    )  # fmt: skip
+    done = groupwise("fit", "--config", LENET, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lines_of(done.stderr, "EMAWeightAveraging") == [
+        "EMAWeightAveraging: averaging from step 4 (epoch 1) on: validation,"
+        " checkpoints and the final weights use the average from here"
+    ]
+    # 0 updates at the end of epoch 0; the first at step 4; 3 at the end of epoch 1
+    assert scalars(only_run(tmp_path))["ema/updates"] == [(3, 0.0), (4, 1.0), (6, 3.0)]
 
 
 # ---- LearningRateMonitor -------------------------------------------------------------------
@@ -205,3 +269,159 @@ def test_a_per_step_schedule_logs_its_first_and_last_step_and_every_nth(
         for step, at_step in values.items():
             assert at_step == [pytest.approx(lr / (step + 1))] * len(at_step), (tag, step)
     assert set(logged.values("lr-SGD/a-momentum")) == expected
+
+
+@contextmanager
+def printed_lines() -> Iterator[list[str]]:
+    """The lines Lightning's ``rank_zero_info`` prints meanwhile (its logger, whichever
+    Lightning package set it), collected in a list."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = rank_zero.log
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+class EpochWeights(Callback):
+    """Each group's weights at the end of each training epoch."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, torch.Tensor] = {}
+        self.epochs: list[dict[str, torch.Tensor]] = []
+
+    @staticmethod
+    def weights(pl_module) -> dict[str, torch.Tensor]:
+        return {g: getattr(pl_module, g).weight.detach().clone() for g in ("a", "b")}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = self.weights(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epochs.append(self.weights(pl_module))
+
+
+def expected_freeze_lines(frozen: dict[str, int], epochs: int, batches: int) -> list[str]:
+    """The lines of ``FreezeGroups(frozen)``, written out from the groups' lrs (a: 0.1,
+    b: 0.5, no scheduler) and the epoch each unfreezes."""
+    lrs = {"a": 0.1, "b": 0.5}
+    marked = {g: frozen[g] for g in ("a", "b") if frozen.get(g, 0) > 0}  # in group order
+    lines = []
+    if marked:
+        until = {}
+        for g, n in marked.items():
+            until.setdefault(n, []).append(g)
+        parts = "; ".join(f"{', '.join(gs)} until epoch {n}" for n, gs in until.items())
+        lines.append(f"FreezeGroups: epoch 0 (step 0): frozen, no updates: {parts}")
+    for epoch in range(1, epochs):
+        groups = [g for g, n in marked.items() if n == epoch]
+        if groups:
+            at = [f"at lr {lrs[g]:g}: {g}" for g in groups]
+            parts = "training " + "; ".join(at)
+            where = f"epoch {epoch} (step {epoch * batches})"
+            lines.append(f"FreezeGroups: {where}: unfrozen, {parts}")
+    return lines
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    frozen=st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 4), min_size=1),
+    epochs=st.integers(1, 4),
+    batches=st.integers(1, 3),
+)
+def test_freeze_groups_lines_and_marks_follow_the_epochs_each_group_is_frozen(
+    tmp_path_factory, frozen, epochs, batches
+):
+    """One line at the first epoch naming the frozen groups and when they unfreeze, one at
+    each unfreeze, a `frozen` mark per frozen group at every epoch start (1 while frozen);
+    and the marks are true: a marked group's weights do not move in its frozen epochs."""
+    weights = EpochWeights()
+    with printed_lines() as lines:
+        logged = fit_two_groups(
+            tmp_path_factory.mktemp("freeze"),
+            TwoGroups(batches, per_step=False),
+            [FreezeGroups(frozen), weights],
+            max_epochs=epochs,
+            log_every_n_steps=1,
+        )
+    assert [line for line in lines if line.startswith("FreezeGroups")] == expected_freeze_lines(
+        frozen, epochs, batches
+    )
+    for group in ("a", "b"):
+        n = frozen.get(group, 0)
+        marks = logged.values(FreezeGroups.tag(group))
+        if n == 0:
+            assert marks == {}
+            continue
+        assert marks == {e * batches: [float(e < n)] for e in range(epochs)}
+        assert torch.equal(weights.epochs[0][group], weights.start[group]) == (n > 0)
+        for epoch in range(1, epochs):
+            still = torch.equal(weights.epochs[epoch][group], weights.epochs[epoch - 1][group])
+            assert still == (epoch < n), (group, epoch)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    every=st.integers(0, 3),
+    start_step=st.none() | st.integers(0, 8),
+    start_epoch=st.none() | st.integers(0, 3),
+    epochs=st.integers(1, 3),
+    batches=st.integers(1, 3),
+)
+def test_ema_line_and_updates_follow_the_average(
+    tmp_path_factory, every, start_step, start_epoch, epochs, batches
+):
+    """`ema/updates` at each epoch end is the average's own count (n_averaged); one line
+    and one extra point at the step of the first update, none if it never starts."""
+    ema = EMAWeightAveraging(
+        decay=0.5,
+        update_every_n_steps=every,
+        update_starting_at_step=start_step,
+        update_starting_at_epoch=start_epoch,
+    )
+    counts = AverageCounts(ema)
+    with printed_lines() as lines:
+        logged = fit_two_groups(
+            tmp_path_factory.mktemp("ema"),
+            TwoGroups(batches, per_step=False),
+            [ema, counts],
+            max_epochs=epochs,
+            log_every_n_steps=1,
+        )
+    ends = [n for kind, _, _, n in counts.events if kind == "epoch end"]
+    expected = {batches * (e + 1): [float(n)] for e, n in enumerate(ends)}
+    first = next((event for event in counts.events if event[3] > 0), None)
+    said = [line for line in lines if line.startswith("EMAWeightAveraging")]
+    if first is None:
+        assert said == []
+    else:
+        kind, step, epoch, _ = first
+        assert said == [
+            f"EMAWeightAveraging: averaging from step {step} (epoch {epoch}) on: validation,"
+            " checkpoints and the final weights use the average from here"
+        ]
+        if kind == "step":  # an epoch end logs its count anyway
+            expected.setdefault(step, []).insert(0, 1.0)
+    assert logged.values("ema/updates") == expected
+
+
+class AverageCounts(Callback):
+    """Listed after the EMA callback: its average's own update count (n_averaged) after each
+    step and each epoch end, in order, as (kind, step, epoch, count)."""
+
+    def __init__(self, ema: EMAWeightAveraging) -> None:
+        self.ema = ema
+        self.events: list[tuple[str, int, int, int]] = []
+
+    def record(self, kind: str, trainer) -> None:
+        count = int(self.ema._average_model.n_averaged)
+        self.events.append((kind, trainer.global_step, trainer.current_epoch, count))
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.record("step", trainer)
+
+    def on_train_epoch_end(self, trainer, *args) -> None:
+        self.record("epoch end", trainer)

@@ -283,7 +283,8 @@ def test_train_bn_false_puts_only_the_frozen_groups_norms_in_eval_mode():
     )  # fmt: skip
     rules = [{"name": "stem", "modules": ["0", "1"]}, {"name": "body", "modules": ["3", "4"]}]
     groups = build_param_groups(net, rules, {"lr": 0.1, "weight_decay": 0.0}, True)
-    trainer = SimpleNamespace(optimizers=[torch.optim.SGD(groups, lr=0.1)], current_epoch=0)
+    optimizers = [torch.optim.SGD(groups, lr=0.1)]
+    trainer = SimpleNamespace(optimizers=optimizers, current_epoch=0, global_step=0, loggers=[])
     for train_bn, expected in ((True, []), (False, [1])):
         callback = FreezeGroups({"stem": 1}, train_bn=train_bn)
         callback.on_fit_start(trainer, None)

@@ -7,7 +7,10 @@ is a separate plot and nothing shows the groups side by side. ``SummaryWriter``'
 one at fit start, built from the run's real tags:
 
 - ``learning rate``: the tags Lightning's ``LearningRateMonitor`` logs (its ``lrs`` keys,
-  fixed in its ``on_train_start``: ``lr-<Optimizer>/<group>``);
+  fixed in its ``on_train_start``: ``lr-<Optimizer>/<group>``, the optimizer of that
+  group);
+- ``frozen (1: no update)``: the marks ``FreezeGroups`` logs for each group it freezes
+  (``groups/<group>/frozen``), since the lr chart shows a frozen group's scheduled lr;
 - ``gradient norm``, ``parameter norm``, ``update ratio``: the tags ``GroupStats`` logs for
   each optimizer group (``GroupStats.tag``: ``groups/<group>/grad_norm``, ...).
 
@@ -28,10 +31,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from groupwise.callbacks.finetune import FreezeGroups
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.optim.param_groups import group_name
 
 CATEGORY = "parameter groups"
+FROZEN_TITLE = "frozen (1: no update)"
 STAT_TITLES = {
     "grad_norm": "gradient norm",
     "param_norm": "parameter norm",
@@ -46,10 +51,13 @@ def exactly(tag: str) -> str:
 
 def layout(trainer: Trainer) -> dict[str, dict[str, list[Any]]]:
     """``add_custom_scalars``' layout for the tags the trainer's callbacks log."""
-    charts: dict[str, list[str]] = {"learning rate": []}
+    charts: dict[str, list[str]] = {"learning rate": [], FROZEN_TITLE: []}
     for callback in trainer.callbacks:
         if isinstance(callback, LearningRateMonitor):
             charts["learning rate"] += list(callback.lrs)
+        if isinstance(callback, FreezeGroups):
+            marked = callback.marked_groups(trainer.optimizers)
+            charts[FROZEN_TITLE] += [callback.tag(name) for name, _, _ in marked]
     groups = [
         group_name(group, index)
         for optimizer in trainer.optimizers

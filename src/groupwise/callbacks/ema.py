@@ -22,6 +22,11 @@ What it lacks, added here:
   step's weights twice. Here a step is averaged only from ``update_starting_at_epoch`` on
   (and from ``update_starting_at_step``, every ``update_every_n_steps``), and an epoch end
   only where there are no step updates (``update_every_n_steps: 0``).
+- It says nothing: with ``update_starting_at_step`` / ``update_starting_at_epoch`` nothing
+  shows when validation and the checkpoints switch from the training weights to the
+  average. Here the first update prints one line (through Lightning's ``rank_zero_info``,
+  rank 0 only) with its step and epoch, and ``ema/updates``, the number of updates in
+  the average, is logged at that step and at the end of each training epoch.
 - Its ``setup`` warns that a model overriding ``configure_model`` may run out of memory
   (sharded layers are not supported). ``Classifier.configure_model`` creates no layers (it
   converts the memory format and compiles), so that warning is dropped here.
@@ -43,6 +48,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMAWeightAveraging
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class EMAWeightAveraging(LightningEMAWeightAveraging):
@@ -52,21 +58,60 @@ class EMAWeightAveraging(LightningEMAWeightAveraging):
     batch-norm statistics too), ``device``."""
 
     _epoch = 0  # the epoch of the step being checked (Lightning passes only its index)
+    _updates = 0  # updates in the average (its n_averaged, counted here without a host read)
+    _updating = False  # the latest should_update said yes: Lightning updates right after
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         if step_idx is not None:
             start = self.update_starting_at_epoch
             reached = start is None or self._epoch >= start
-            return reached and super().should_update(step_idx=step_idx)
-        if epoch_idx is not None and self.update_every_n_steps > 0:
-            return False  # the step updates already averaged this epoch's last weights
-        return super().should_update(epoch_idx=epoch_idx)
+            update = reached and super().should_update(step_idx=step_idx)
+        elif epoch_idx is not None and self.update_every_n_steps > 0:
+            update = False  # the step updates already averaged this epoch's last weights
+        else:
+            update = super().should_update(epoch_idx=epoch_idx)
+        self._updating = update
+        return update
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # after a resume has restored the average: one host read per fit
+        average = self._average_model
+        self._updates = 0 if average is None else int(average.n_averaged)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._epoch = trainer.current_epoch
+        self._updating = False
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._count_update(trainer):
+            self._log_updates(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._updating = False
+        super().on_train_epoch_end(trainer, pl_module)
+        self._count_update(trainer)
+        self._log_updates(trainer)
+
+    def _count_update(self, trainer: Trainer) -> bool:
+        """Count the update Lightning made just now, if any; say so at the first, and
+        return whether it was the first."""
+        if not self._updating:
+            return False
+        self._updating = False
+        self._updates += 1
+        if self._updates == 1:
+            rank_zero_info(
+                f"EMAWeightAveraging: averaging from step {trainer.global_step} (epoch"
+                f" {trainer.current_epoch}) on: validation, checkpoints and the final weights"
+                " use the average from here"
+            )
+        return self._updates == 1
+
+    def _log_updates(self, trainer: Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({"ema/updates": float(self._updates)}, step=trainer.global_step)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         with warnings.catch_warnings():

@@ -38,6 +38,15 @@ normal one; only the update is skipped. Matching is by identity: the parameters 
 ones in the optimizer's named group lists, nothing is guessed from names or values. The
 callback keeps no state: a resume (``--ckpt_path``) freezes by the restored epoch.
 
+What it says: at the first training epoch of a fit in which groups are frozen, one line
+(through Lightning's ``rank_zero_info``, rank 0 only) names them and the epoch each
+unfreezes; at the epoch a group unfreezes, one line names it and the lr it trains at.
+Lightning's ``LearningRateMonitor`` keeps logging a frozen group's lr (the scheduler steps
+it all along), so the chart alone shows it training: at each training epoch start a
+scalar ``groups/<group>/frozen`` (1 while frozen, 0 once it trains) is logged for every
+group that is frozen for some epochs, and ``CustomScalars`` draws these in a chart
+``frozen (1: no update)`` beside the lr chart.
+
 Callbacks listed before this one in ``trainer.callbacks`` see the frozen gradients in
 their own ``on_before_optimizer_step`` (``GroupStats`` would report them); those listed
 after see ``None``.
@@ -69,6 +78,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from groupwise.errors import ConfigError, did_you_mean
@@ -153,6 +163,7 @@ class FreezeGroups(Callback):
         self._epochs_frozen: dict[int, int] = {}
         # the batch-norm layers this callback put in eval mode (train_bn=False)
         self._in_eval: list[nn.Module] = []
+        self._said_frozen = False  # the first training epoch of this fit has been reported
 
     def frozen_epochs(self, param_groups: Sequence[Mapping[str, Any]]) -> list[int]:
         """For each group of an optimizer, the number of epochs it stays frozen (0: none):
@@ -162,6 +173,24 @@ class FreezeGroups(Callback):
         return [
             next((self.frozen[n] for n in name_and_parents(name) if n in self.frozen), 0)
             for name in names
+        ]
+
+    @staticmethod
+    def tag(group: str) -> str:
+        """The TensorBoard tag of a group's frozen mark (1 while frozen, 0 once it trains)."""
+        return f"groups/{group}/frozen"
+
+    def marked_groups(self, optimizers: Iterable[torch.optim.Optimizer]) -> list[tuple]:
+        """(name, epochs frozen, group) of every group frozen for some epochs."""
+        return [
+            (group_name(group, index), n, group)
+            for optimizer in optimizers
+            for (index, group), n in zip(
+                enumerate(optimizer.param_groups),
+                self.frozen_epochs(optimizer.param_groups),
+                strict=True,
+            )
+            if n > 0
         ]
 
     def check_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
@@ -175,6 +204,7 @@ class FreezeGroups(Callback):
             [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
         )
         self._epochs_frozen = {}
+        self._said_frozen = False
         for optimizer in trainer.optimizers:
             epochs = self.frozen_epochs(optimizer.param_groups)
             for group, n in zip(optimizer.param_groups, epochs, strict=True):
@@ -196,6 +226,7 @@ class FreezeGroups(Callback):
                     param.grad = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer)
         if self.train_bn:
             return
         # Lightning's evaluation loop restores each module's train/eval mode afterwards
@@ -208,6 +239,34 @@ class FreezeGroups(Callback):
         for module in frozen:
             module.eval()
         self._in_eval = frozen
+
+    def _report(self, trainer: Trainer) -> None:
+        """The frozen/unfrozen lines and the ``frozen`` marks of this epoch."""
+        epoch, step = trainer.current_epoch, trainer.global_step
+        marked = self.marked_groups(trainer.optimizers)
+        if not marked:
+            return
+        where = f"FreezeGroups: epoch {epoch} (step {step})"
+        frozen = [(name, n) for name, n, _ in marked if epoch < n]
+        if frozen and not self._said_frozen:
+            until = [f"{names} until epoch {n}" for n, names in names_by_value(frozen).items()]
+            rank_zero_info(f"{where}: frozen, no updates: {'; '.join(until)}")
+        self._said_frozen = True
+        unfrozen = [(name, group["lr"]) for name, n, group in marked if epoch == n]
+        if unfrozen:
+            at = [f"at lr {lr:g}: {names}" for lr, names in names_by_value(unfrozen).items()]
+            rank_zero_info(f"{where}: unfrozen, training {'; '.join(at)}")
+        marks = {self.tag(name): float(epoch < n) for name, n, _ in marked}
+        for logger in trainer.loggers:
+            logger.log_metrics(marks, step=step)
+
+
+def names_by_value(pairs: Iterable[tuple[str, Any]]) -> dict[Any, str]:
+    """Each value of ``(name, value)`` pairs -> the names with it (``"a, b"``), in order."""
+    names: dict[Any, list[str]] = {}
+    for name, value in pairs:
+        names.setdefault(value, []).append(name)
+    return {value: ", ".join(group) for value, group in names.items()}
 
 
 def frozen_norms(
