@@ -124,8 +124,8 @@ def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
 def apply(config: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with each dotted key of ``values`` set."""
     config = copy.deepcopy(dict(config))
-    for key, value in values.items():
-        parent, leaf = locate(config, key)
+    places = [(*locate(config, key), value) for key, value in values.items()]  # all, then set
+    for parent, leaf, value in places:
         parent[leaf] = value
     return config
 
@@ -135,14 +135,20 @@ def locate(config: Mapping[str, Any], key: str) -> tuple[Any, Any]:
     the nearest existing key when there is none."""
     parts = key.split(".")
     node: Any = config
+    in_list = False
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         here = ".".join(parts[:depth])
         if isinstance(node, dict):
             if part in node:
+                if last and part == "name" and in_list:
+                    raise ConfigError(
+                        f"{key!r} names the entry: it cannot be searched (the other keys"
+                        " find the entry by it)"
+                    )
                 if last:
                     return node, part
-                node = node[part]
+                node, in_list = node[part], False
                 continue
             if last and here.startswith(GROUP_RULES + ".") and depth == 3:
                 check_rule_option(config, node, part)
@@ -152,7 +158,7 @@ def locate(config: Mapping[str, Any], key: str) -> tuple[Any, Any]:
             if index is not None:
                 if last:
                     return node, index
-                node = node[index]
+                node, in_list = node[index], True
                 continue
         raise ConfigError(
             f"{key!r} is no key of the config{did_you_mean(key, flat_keys(config))};"
