@@ -141,6 +141,7 @@ NOISE = (
 )
 
 
+@pytest.mark.slow  # three processes, one after the other
 def test_preemption_resume_and_validate_print_no_library_notes(data_dir, tmp_path):
     """A SIGTERM save (Lightning: "`weights_only` was not set"), a resume into a new run
     directory and a validate of its checkpoint (Lightning: "The dirpath has changed")."""
