@@ -356,3 +356,17 @@ def test_ddp_predict_writes_one_file_in_input_order(data_dir, trained, tmp_path)
     assert [row["image"] for row in found["ddp"]] == [str(f) for f in files]
     assert found["ddp"] == found["single"]
     assert_rows_match(found["ddp"], expected_rows(trained["last"], files))
+
+
+@pytest.mark.slow
+def test_ddp_predict_of_a_missing_path_is_one_message(data_dir, tmp_path):
+    """Checked before the second process starts: one message, no rank's traceback."""
+    missing = tmp_path / "missing"
+    args = quick(data_dir, tmp_path / "root", "--data.predict_path", str(missing))
+    done = groupwise(
+        "predict", "--config", LENET, *args, "--trainer.strategy", "ddp", "--trainer.devices", "2"
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count(f"error: data.predict_path {str(missing)!r}: no such file") == 1
+    assert not (tmp_path / "root").exists()

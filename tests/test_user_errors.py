@@ -118,3 +118,11 @@ def test_a_list_index_on_the_command_line_is_explained(tmp_path):
         " list with --model.param_groups '[...]'\n"
     )
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_no_arguments_is_one_message(tmp_path):
+    done = groupwise()
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")
+    assert "subcommand" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1

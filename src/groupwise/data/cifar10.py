@@ -27,6 +27,7 @@ from groupwise.data.cifar10_files import (
     Split,
     count_images,
     decode_images,
+    detect_layout,
     ensure_data,
     has_split,
     load_split,
@@ -274,12 +275,25 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _prepare_predict(self) -> None:
         """Check (and decode) the images ``predict`` reads; a split is cached as for fit."""
+        self.check_predict_input()
+        if self.predict_path in SPLITS:
+            ensure_data(self.data_dir, self.download)
+            self._load_predict_split(self._predict_split_name(), cache=self.cache)
+
+    def check_predict_input(self) -> None:
+        """Raise a ``UserError`` for images ``predict`` cannot read (decoding the files of
+        a path, kept for ``setup``; a split is only looked for), downloading nothing. Called
+        by ``prepare_data``, and by the ``groupwise`` CLI in every process before
+        ``predict``: Lightning calls ``prepare_data`` in one process per node, after DDP
+        started the others, which would then fail with a traceback of their own."""
         if self.predict_path not in SPLITS:
-            paths = list_images(self.predict_path)
-            self._predict_images = (paths, decode_images(paths))
+            if self._predict_images is None:
+                paths = list_images(self.predict_path)
+                self._predict_images = (paths, decode_images(paths))
             return
-        ensure_data(self.data_dir, self.download)
-        self._load_predict_split(self._predict_split_name(), cache=self.cache)
+        split = self._predict_split_name()
+        if detect_layout(self.data_dir) is not None and not has_split(self.data_dir, split):
+            self._load_predict_split(split, cache=False)  # raises: no such split
 
     def _predict_split_name(self) -> str:
         """The split the ``predict_path`` split name reads (``train`` for ``val``)."""
@@ -331,9 +345,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if self.predict_set is not None:
             return
         if self.predict_path not in SPLITS:
-            if self._predict_images is None:  # prepare_data ran on another process
-                paths = list_images(self.predict_path)
-                self._predict_images = (paths, decode_images(paths))
+            self.check_predict_input()  # decodes, where prepare_data ran in another process
             paths, images = self._predict_images
             labels = torch.full((len(paths),), -1, dtype=torch.int64)  # none known
             self.predict_columns = {"image": [str(path) for path in paths]}
