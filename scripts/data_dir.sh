@@ -5,6 +5,7 @@
 archive=../shared/data/cifar10-jpeg-train.tar.gz
 if [ -z "${DATA_DIR:-}" ]; then
   DATA_DIR=data
+  mkdir -p data  # download: true fetches into a folder that exists, never a new one
   if [ -f "$archive" ]; then
     [ -d data/cifar10-jpeg/train ] || { mkdir -p data && tar xzf "$archive" -C data; }
     DATA_DIR=data/cifar10-jpeg

@@ -22,6 +22,8 @@ import pytest
 import torch
 from fake_cifar import CLASSES, python_layout_arrays, write_image_folder, write_python_layout
 from file_snapshot import snapshot
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
@@ -472,6 +474,7 @@ def closed_port_url(monkeypatch) -> str:
 
 def test_missing_data_and_no_network_names_url_path_layouts_and_remedies(tmp_path, closed_port_url):
     data_dir = tmp_path / "data"
+    data_dir.mkdir()  # an empty folder: the download is what the user asked for
     with pytest.raises(CIFAR10DownloadError) as info:
         ensure_data(data_dir, download=True)
     msg = str(info.value)
@@ -563,3 +566,64 @@ def test_prepare_data_failing_on_test_keeps_the_train_cache(tmp_path, monkeypatc
     monkeypatch.setattr(cifar10_files, "decode_images", lambda paths: decodes.append(len(paths)))
     assert load_split(root, "train").labels.tolist() == [0, 0, 1, 1]
     assert decodes == []  # read from the cache prepare_data wrote before failing
+
+
+# ---- a data_dir that does not exist: a typo, never a download --------------------------------
+
+
+def test_a_data_dir_that_does_not_exist_names_the_nearest_folder(tmp_path, closed_port_url):
+    (tmp_path / "cifar10-jpeg" / "train").mkdir(parents=True)
+    data_dir = tmp_path / "cifar10-jpg"
+    before = snapshot(tmp_path)
+    with pytest.raises(CIFAR10NotFoundError) as info:
+        ensure_data(data_dir, download=True)
+    msg = str(info.value)
+    assert msg.startswith(
+        f"data_dir {data_dir} does not exist; the nearest existing folder is"
+        f" {tmp_path / 'cifar10-jpeg'}.\n"
+    )
+    assert "Downloading" not in msg and "URLError" not in msg  # nothing was tried
+    # the download only as the user's choice: make the folder first
+    assert f"mkdir -p {data_dir}" in msg and "download: true" in msg
+    assert not data_dir.exists() and {p.name for p in tmp_path.iterdir()} == {"cifar10-jpeg"}
+    assert snapshot(tmp_path) == before
+
+
+def existing_and_missing(names: list[str], depth: int, extra: list[str]) -> tuple[Path, Path]:
+    """(folders that exist, a path below them that does not), relative."""
+    return Path(*names[:depth]), Path(*names[:depth], *extra)
+
+
+FOLDER = st.text("abcdefghij-_", min_size=1, max_size=8)
+
+
+# closed_port_url: one for all cases (a download tried by mistake fails, fetching nothing)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(FOLDER, min_size=1, max_size=3),
+    depth=st.integers(0, 3),
+    extra=st.lists(FOLDER, min_size=1, max_size=2),
+    siblings=st.lists(FOLDER, max_size=3),
+)
+def test_a_missing_data_dir_is_named_and_nothing_is_made(
+    tmp_path_factory, closed_port_url, names, depth, extra, siblings
+):
+    root = tmp_path_factory.mktemp("tree")
+    existing, missing = existing_and_missing(names, min(depth, len(names)), extra)
+    (root / existing).mkdir(parents=True, exist_ok=True)
+    for name in siblings:
+        (root / existing / name).mkdir(exist_ok=True)
+    assume(not (root / missing).exists())
+    before = sorted(root.rglob("*"))
+    with pytest.raises(CIFAR10NotFoundError) as info:
+        ensure_data(root / missing, download=True)
+    msg = str(info.value)
+    first = f"data_dir {root / missing} does not exist; the nearest existing folder is "
+    assert msg.startswith(first)
+    nearest = Path(msg[len(first) :].split(".\n", 1)[0])
+    # the deepest folder that exists on the way, or one of its folders with a close name
+    assert nearest == root / existing or nearest.parent == root / existing
+    assert nearest.is_dir()
+    assert sorted(root.rglob("*")) == before  # nothing made, nothing downloaded

@@ -321,6 +321,7 @@ def test_download_checks_md5_extracts_and_loads(local_server, tmp_path, monkeypa
     served, base_url = local_server
     serve_archive(served, base_url, monkeypatch)
     data_dir = tmp_path / "data"
+    data_dir.mkdir()  # a data_dir that does not exist is an error, never a download
     assert ensure_data(data_dir, download=True) == "python"
     assert (data_dir / "cifar-10-python.tar.gz").is_file()
     train = load_split(data_dir, "train")
@@ -346,7 +347,7 @@ def test_download_from_unreachable_server_is_a_clear_error(local_server, tmp_pat
     served, base_url = local_server  # nothing served: 404
     monkeypatch.setattr(CIFAR10, "url", f"{base_url}/cifar-10-python.tar.gz")
     with pytest.raises(CIFAR10DownloadError, match="failed: HTTPError") as info:
-        ensure_data(tmp_path / "data", download=True)
+        ensure_data(tmp_path, download=True)
     assert base_url in str(info.value) and "image-folder layout" in str(info.value)
 
 

@@ -88,6 +88,7 @@ def test_a_missing_checkpoint_gets_the_nearest_file_name(tmp_path):
 
 
 def test_missing_data_is_one_message(tmp_path):
+    (tmp_path / "no-data").mkdir()  # there, but empty
     done = fit(tmp_path, "--data.download", "false")
     assert done.returncode == 2
     error = done.stderr[done.stderr.index("error:") :]
@@ -126,3 +127,20 @@ def test_no_arguments_is_one_message(tmp_path):
     assert done.stderr.startswith("error: ")
     assert "subcommand" in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_a_misspelt_data_dir_names_the_nearest_folder_and_makes_nothing(tmp_path):
+    (tmp_path / "cifar10-jpeg" / "train").mkdir(parents=True)
+    data_dir = tmp_path / "cifar10-jpg"
+    done = groupwise(
+        "fit", "--config", LENET, "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--data.data_dir", str(data_dir),
+    )  # fmt: skip
+    assert done.returncode == 2
+    error = done.stderr[done.stderr.index("error:") :]
+    assert error.startswith(
+        f"error: data_dir {data_dir} does not exist; the nearest existing folder is"
+        f" {tmp_path / 'cifar10-jpeg'}.\n"
+    )
+    assert "Downloading" not in error and "Traceback" not in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-jpeg"]  # no runs/, no data

@@ -30,6 +30,7 @@ range); images must decode completely and be 32x32; ``test/`` must have the clas
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import tempfile
@@ -82,18 +83,45 @@ class Split:
     classes: list[str]
 
 
-def layouts_help(data_dir: Path) -> str:
-    """The accepted layouts and how to get the data, for error messages."""
-    return (
+def layouts_help(data_dir: Path, download: bool = True) -> str:
+    """The accepted layouts and how to get the data, for error messages (``download``:
+    with the download among the ways)."""
+    layouts = (
         f"Accepted layouts under {data_dir}:\n"
         f"  1. python layout: {data_dir / PYTHON_DIR}/ (data_batch_1..5, test_batch,"
         " batches.meta), as in the official cifar-10-python.tar.gz;\n"
         f"  2. image-folder layout: {data_dir / 'train'}/<class>/*.png|jpg|jpeg, optionally"
-        f" {data_dir / 'test'}/<class>/*; classes in sorted order.\n"
-        "To get the data: set download: true (needs network) to fetch the official archive"
-        f" into {data_dir}, or extract an archive there yourself, e.g."
-        " `tar xzf cifar10-jpeg-train.tar.gz -C data` gives data/cifar10-jpeg/train/...,"
-        " then set data_dir: data/cifar10-jpeg."
+        f" {data_dir / 'test'}/<class>/*; classes in sorted order."
+    )
+    if not download:
+        return layouts
+    return layouts + (
+        "\nTo get the data: set download: true (needs network) to fetch the official archive"
+        f" into {data_dir}, or extract an archive there yourself, e.g. {EXTRACT}."
+    )
+
+
+EXTRACT = (
+    "`tar xzf cifar10-jpeg-train.tar.gz -C data` gives data/cifar10-jpeg/train/...,"
+    " then set data_dir: data/cifar10-jpeg"
+)
+
+
+def missing_folder_message(data_dir: Path) -> str:
+    """What to do about a ``data_dir`` that does not exist: the nearest folder that does (the
+    deepest existing one on its path, or a folder in it with a close name), the layouts, and
+    the download as a choice: make the folder first."""
+    existing = next(parent for parent in data_dir.parents if parent.is_dir())
+    missing = data_dir.relative_to(existing).parts[0]
+    folders = [child.name for child in existing.iterdir() if child.is_dir()]
+    close = difflib.get_close_matches(missing, folders, n=1)
+    nearest = existing / close[0] if close else existing
+    return (
+        f"data_dir {data_dir} does not exist; the nearest existing folder is {nearest}.\n"
+        + layouts_help(data_dir, download=False)
+        + "\nTo get the data: give the folder that holds it, or extract an archive, e.g."
+        f" {EXTRACT}; or, to download the official archive into {data_dir} (needs network),"
+        f" mkdir -p {data_dir}, then run again with download: true."
     )
 
 
@@ -161,6 +189,8 @@ def ensure_data(data_dir: str | os.PathLike, download: bool) -> Layout:
     layout = detect_layout(data_dir)
     if layout is not None:
         return layout
+    if not data_dir.exists():  # a typo, most likely: never a download into a new folder
+        raise CIFAR10NotFoundError(missing_folder_message(data_dir))
     if not download:
         raise CIFAR10NotFoundError(
             f"No CIFAR-10 data found in {data_dir} (download is off).\n" + layouts_help(data_dir)
