@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 import lightning_utilities.core.rank_zero as rank_zero
 import pytest
 import torch
-from cli_run import LENET, f32, groupwise, quick, scalars
+from cli_run import GROUPWISE, LENET, f32, groupwise, quick, scalars, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -161,6 +164,64 @@ def test_a_run_shorter_than_log_every_n_steps_logs_its_first_and_last_step_lr(da
     assert logged["lr-SGD/features"] == [(0, f32([0.005])[0]), (5, f32([0.005 / 32])[0])]
     assert logged["lr-SGD/classifier"] == [(0, f32([0.05])[0]), (5, f32([0.05 / 32])[0])]
     assert [step for step, _ in logged["lr-SGD/features-momentum"]] == [0, 5]
+
+
+# ---- lr_find -------------------------------------------------------------------------------
+
+
+def test_lr_find_ends_with_its_own_summary(data_dir, tmp_path):
+    args = quick(data_dir, Path("."))
+    sweep = ["--num_steps", "12", "--max_multiplier", "1e4", "--early_stop_threshold", "null"]
+    done = run_from(tmp_path, "lr_find", "--config", LENET, *args, *sweep)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fit done" not in done.stderr + done.stdout
+    summary = (tmp_path / "lightning_logs/version_0/summary.txt").read_text()
+    lines = summary.splitlines()
+    assert re.fullmatch(r"lr_find done in \d+\.\d s", lines[0])
+    assert lines[1] == "run directory  lightning_logs/version_0"
+    assert lines[2] == "steps          12 of 12, multiplier 0.001 to 1e+04"
+    assert re.fullmatch(r"suggested      x[0-9.e+-]+: --model\.lr_multiplier [0-9.e+-]+", lines[3])
+    assert lines[4] == "plot           lightning_logs/version_0/lr_find.png"
+    assert lines[5].startswith("TensorBoard    ") and lines[5].endswith(
+        "--logdir lightning_logs/version_0"
+    )
+    assert len(lines) == 6
+    assert done.stderr.rstrip("\n").endswith(summary.rstrip("\n"))  # printed last
+
+
+def run_from(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`groupwise ARGS` run from ``cwd``; on a timeout its whole process group (the DDP
+    ranks it started) is killed and the test fails saying so."""
+    process = subprocess.Popen(
+        [GROUPWISE, *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"groupwise {args[0]} still running after {timeout} s:\n{err[-2000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_lr_find_under_ddp_ends_with_one_summary(data_dir, tmp_path):
+    """Two CPU processes: rank 0 reports, every rank takes part in the run directory's
+    broadcast (Trainer.log_dir), so the command ends."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    args = quick(data_dir, Path("."), *ddp)
+    done = run_from(tmp_path, "lr_find", "--config", LENET, *args, "--num_steps", "8", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = (tmp_path / "lightning_logs/version_0/summary.txt").read_text()
+    assert summary.startswith("lr_find done in ")
+    assert done.stderr.count("lr_find done in ") == 1
+    assert done.stdout.count("Learning-rate range test: 8 of 8 steps") == 1
 
 
 # ---- properties through a real Trainer on a two-group model --------------------------------

@@ -9,21 +9,26 @@ augmentation and callbacks exactly as ``groupwise fit`` does.
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from groupwise.callbacks.finite_loss import FiniteLossGuard
+from groupwise.callbacks.run_summary import FILENAME, RunSummary, shown, summary_text
 from groupwise.optim.param_groups import format_table
 from groupwise.optim.per_group import rule_optimizers, template
 from groupwise.tuner.lr_finder import LRRangeTest, RangeTest, plot_range_test
 
 # Left out of the sweep: they would save checkpoints, stop the run at the divergence the
-# sweep provokes, or wait for a validation metric the sweep does not compute.
-SWEEP_EXCLUDED = (Checkpoint, FiniteLossGuard, EarlyStopping)
+# sweep provokes, or wait for a validation metric the sweep does not compute; RunSummary
+# would end the sweep with a fit's summary ("fit done in ..."): lr_find prints its own.
+SWEEP_EXCLUDED = (Checkpoint, FiniteLossGuard, EarlyStopping, RunSummary)
 
 
 class GroupwiseTrainer(Trainer):
@@ -47,9 +52,11 @@ class GroupwiseTrainer(Trainer):
         to ``max_multiplier``), then prints the suggested multiplier, every group's lr at
         it, the ``--model.lr_multiplier`` override that gives them (to every group of every
         optimizer) and the config values that do the same (one per rule); draws the
-        loss against the multiplier (PNG and TensorBoard). Nothing is validated and no
-        checkpoint is written; ``model`` itself is not trained. The trainer has run a fit
-        afterwards: train with a new one.
+        loss against the multiplier (PNG and TensorBoard), and ends with a summary
+        (``lr_find done in``, the run directory, the steps, the suggestion, the plot, the
+        TensorBoard command; also in ``<run directory>/summary.txt``). Nothing is
+        validated and no checkpoint is written; ``model`` itself is not trained. The
+        trainer has run a fit afterwards: train with a new one.
 
         Args:
             model: the model; a copy is trained.
@@ -63,6 +70,7 @@ class GroupwiseTrainer(Trainer):
                 in [0, 1).
             png: where to save the plot; default ``lr_find.png`` in the run's log directory.
         """
+        start = time.monotonic()
         sweep = LRRangeTest(
             min_multiplier, max_multiplier, num_steps, early_stop_threshold, smoothing
         )
@@ -80,11 +88,19 @@ class GroupwiseTrainer(Trainer):
         self.fit(copy.deepcopy(model), datamodule=datamodule)
 
         test = sweep.result()
+        run_dir = self.log_dir if self.loggers else None  # every rank: log_dir broadcasts
         if self.is_global_zero:
-            self._report(test, model, png)
+            self._report(test, model, png, run_dir, start)
         return test
 
-    def _report(self, test: RangeTest, model: LightningModule, png: str | None) -> None:
+    def _report(
+        self,
+        test: RangeTest,
+        model: LightningModule,
+        png: str | None,
+        run_dir: str | None,
+        start: float,
+    ) -> None:
         print(
             f"\nLearning-rate range test: {len(test.losses)} of {test.num_steps} steps, "
             f"multiplier {test.min_multiplier:.3g} to {test.max_multiplier:.3g} of every "
@@ -94,8 +110,10 @@ class GroupwiseTrainer(Trainer):
             print(f"Stopped early: {test.stop_reason}.")
         multiplier, override = test.suggestion, ""
         if test.divergence is None:
+            suggested = "none: the loss did not diverge (raise --max_multiplier)"
             print("No suggestion: the loss did not diverge. Raise --max_multiplier.")
         elif multiplier is None:
+            suggested = "none: the loss diverged from the first steps (lower --min_multiplier)"
             print("No suggestion: the loss diverged from the first steps. Lower --min_multiplier.")
         else:
             diverged = test.multipliers[test.divergence]
@@ -107,9 +125,11 @@ class GroupwiseTrainer(Trainer):
                 for name, lr in test.configured.items()
             ]
             print(format_table(rows))
+            suggested = f"x{multiplier:g}"
             current = getattr(model, "lr_multiplier", None)
             if current is not None:  # a Classifier: one option scales every group's lr
                 override = f"--model.lr_multiplier {current * multiplier:.6g}"
+                suggested += f": {override}"
                 print(f"To train at it: {override}")
                 lines = config_lrs(model, current * multiplier)
                 if lines:
@@ -120,10 +140,19 @@ class GroupwiseTrainer(Trainer):
                 "Note: the config's schedule warms up to these lrs; the sweep does not, and a "
                 "warm-up can let a recipe train well above the suggestion (see docs/tuning.md)."
             )
-        path = Path(png) if png else Path(self.log_dir or self.default_root_dir) / "lr_find.png"
+        path = Path(png) if png else Path(run_dir or self.default_root_dir) / "lr_find.png"
         path, figure = plot_range_test(test, path, multiplier, override)
-        print(f"Plot: {path}")
         self._log_sweep(test, figure, multiplier)
+        steps = (
+            f"{len(test.losses)} of {test.num_steps}, multiplier {test.min_multiplier:.3g} to"
+            f" {test.max_multiplier:.3g}"
+        )
+        rows = [("steps", steps), ("suggested", suggested), ("plot", shown(path))]
+        text = summary_text("lr_find", time.monotonic() - start, run_dir, rows)
+        if run_dir is not None:
+            (Path(run_dir) / FILENAME).write_text(text)
+        sys.stdout.flush()  # the report above comes first, also where stdout is a pipe
+        rank_zero_info(text.rstrip("\n"))
 
     def _log_sweep(self, test: RangeTest, figure: Any, multiplier: float | None) -> None:
         """Each step's multiplier, loss, smoothed loss and group lrs, and the figure."""

@@ -20,7 +20,9 @@ progress bar; memory-mapped, so a large checkpoint is not read whole). ``last.ck
 the file of a ``ModelCheckpoint`` without a monitor (the CLI's ``last_checkpoint``) or its
 ``last_model_path``. Paths are relative to the working directory when they lie under it.
 The wall time runs from the stage's ``setup`` to its end. Under ``fast_dev_run`` (no
-logging, no checkpoints) nothing is written.
+logging, no checkpoints) nothing is written. ``groupwise lr_find`` leaves this callback out
+of its sweep (a fit inside it) and ends with a summary of its own in the same form
+(``summary_text``; see ``groupwise.trainer``).
 """
 
 from __future__ import annotations
@@ -112,8 +114,16 @@ def evaluation_lines(trainer: Trainer, stage: str) -> list[tuple[str, str]]:
 
 def summary(trainer: Trainer, stage: str, seconds: float, run_dir: str | None) -> str:
     """The summary text of a finished ``stage`` (``fit``, ``validate`` or ``test``)."""
-    rows = [("run directory", shown(run_dir) if run_dir else "none (no logger)")]
-    rows += fit_lines(trainer) if stage == "fit" else evaluation_lines(trainer, stage)
+    rows = fit_lines(trainer) if stage == "fit" else evaluation_lines(trainer, stage)
+    return summary_text(stage, seconds, run_dir, rows)
+
+
+def summary_text(
+    stage: str, seconds: float, run_dir: str | None, rows: list[tuple[str, str]]
+) -> str:
+    """``<stage> done in <time>``, then the run directory, ``rows`` (label, text) and the
+    TensorBoard command, labels aligned."""
+    rows = [("run directory", shown(run_dir) if run_dir else "none (no logger)"), *rows]
     if run_dir:
         rows.append(("TensorBoard", tensorboard_command(run_dir)))
     width = max(len(label) for label, _ in rows)
