@@ -110,7 +110,7 @@ def write_plots(study: optuna.Study, sweep_dir: Path) -> dict[str, str]:
             figure.savefig(sweep_dir / name, dpi=80)
             matplotlib.pyplot.close(figure)
             notes[name] = ""
-        except (ValueError, RuntimeError, ZeroDivisionError) as error:
+        except (ValueError, RuntimeError, ZeroDivisionError, ImportError) as error:
             notes[name] = f"{title} not drawn: {error}"
     return notes
 

@@ -16,6 +16,7 @@ import json
 import math
 import statistics
 import traceback
+import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -138,9 +139,13 @@ def fit_once(
         "--ckpt_path", "last",
     ]  # fmt: skip
     try:
-        cli = setup.fit(
-            args, trainer_defaults={"callbacks": [report]}, parser_kwargs={"exit_on_error": False}
-        )
+        with warnings.catch_warnings():  # the worker's own argv is not the fit's: known
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+            cli = setup.fit(
+                args,
+                trainer_defaults={"callbacks": [report]},
+                parser_kwargs={"exit_on_error": False},
+            )
     except (optuna.TrialPruned, MetricMissing):
         raise
     except (UserError, ArgumentError) as error:  # jsonargparse's errors are argparse's
