@@ -47,6 +47,19 @@ from groupwise.optim.schedule_length import fill_length, run_length
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
 
 
+def schedule_end(probe: Any, state: dict[str, Any]) -> str:
+    """``"step N of N"`` where the scheduler ``probe``, given a checkpoint's ``state``, has a
+    known length (``total_steps``) and has reached it; else ``""``."""
+    try:
+        probe.load_state_dict(state)
+    except (KeyError, TypeError, ValueError):
+        return ""
+    total = getattr(probe, "total_steps", None)
+    if not isinstance(total, int) or probe.last_epoch < total:
+        return ""
+    return f"step {probe.last_epoch} of {total}"
+
+
 class Classifier(LightningModule):
     """Image classifier whose optimizer has named parameter groups.
 
@@ -388,25 +401,36 @@ class Classifier(LightningModule):
             scheduler_arguments(probe, options, [name]),
             settings["training"],
         )
+        state = resumed["scheduler_state"]
         if not self.extend_schedule:  # raises: the length differs
+            # offer extend_schedule only where it works, and nothing but a new run once the
+            # saved schedule has ended
+            ended = schedule_end(probe, state)
             only_length = not settings_differences(saved, same_length)
-            check_optimizer_settings(saved, settings, source, path, extend_hint=only_length)
+            stretch = self._stretch_problem(probe, state, length, path) if only_length else ""
+            extend = stretch is None
+            check_optimizer_settings(saved, settings, source, path, extend, ended)
         check_optimizer_settings(saved, same_length, source, path)  # nothing but the length
-        self._stretch_to = self._checked_stretch(probe, resumed["scheduler_state"], length, path)
+        problem = self._stretch_problem(probe, state, length, path)
+        if problem is not None:
+            raise CheckpointError(problem)
+        self._stretch_to = length
 
-    def _checked_stretch(self, probe: Any, state: dict[str, Any], length: int, path: str) -> int:
-        """``length`` if the saved schedule can be stretched to it (tried on ``probe``, a
-        copy of the scheduler with the checkpoint's state), else a ``CheckpointError``."""
+    def _stretch_problem(
+        self, probe: Any, state: dict[str, Any], length: int, path: str
+    ) -> str | None:
+        """Why the saved schedule cannot be stretched to ``length`` (tried on ``probe``, a
+        copy of the scheduler, given the checkpoint's ``state``), or None where it can."""
         name = type(probe).__name__
         if not hasattr(probe, "stretch"):
-            raise CheckpointError(
+            return (
                 f"extend_schedule: {name} cannot stretch the rest of its schedule (WarmupLinearLR"
                 f" can): resume {path} with its length, or start a new run from its weights: "
                 f"--model.init_weights {path}"
             )
         probe.load_state_dict(state)
         if probe.last_epoch >= probe.total_steps:
-            raise CheckpointError(
+            return (
                 f"extend_schedule: the schedule of checkpoint {path} has ended (step "
                 f"{probe.last_epoch} of {probe.total_steps}): there is nothing left to stretch; "
                 "to train on, start a new run from its weights with its own schedule: "
@@ -415,8 +439,8 @@ class Classifier(LightningModule):
         try:
             probe.stretch(length)
         except ValueError as error:
-            raise CheckpointError(f"extend_schedule: {error}") from None
-        return length
+            return f"extend_schedule: {error}"
+        return None
 
     def on_train_start(self) -> None:
         # After Lightning restored the scheduler's state (restore_training_state).

@@ -296,10 +296,12 @@ def check_optimizer_settings(
     source: str,
     path: str,
     extend_hint: bool = False,
+    ended: str = "",
 ) -> None:
     """Raise ``CheckpointError`` listing every difference between the optimizer and scheduler
     settings a checkpoint was trained with and those of this config, with the ways forward
-    (``extend_hint``: also ``--model.extend_schedule``, when only a length differs)."""
+    (``extend_hint``: also ``--model.extend_schedule``, where it can stretch the schedule;
+    ``ended``, e.g. ``"step 3 of 3"``: the saved schedule has ended, so only a new run)."""
     lines = settings_differences(saved, current)
     if not lines:
         return
@@ -317,18 +319,19 @@ def check_optimizer_settings(
         f"--model.init_weights {path} instead of --ckpt_path"
     )
     ways = [new_run + ", or", EXTEND_HINT] if extend_hint else [new_run + "."]
-    raise CheckpointError(
-        "\n".join(
-            [
-                f"{source} was trained with other {what} settings than this config has:",
-                *(f"  {line}" for line in lines),
-                why,
-                "  - resume the run exactly as it was saved: drop these changes (the run's "
-                "config.yaml holds its settings), or",
-                *ways,
-            ]
-        )
+    resume = (
+        "  - resume the run exactly as it was saved: drop these changes (the run's "
+        "config.yaml holds its settings), or"
     )
+    if ended:
+        why = (
+            f"Its schedule has ended ({ended}): resumed as it was saved it trains no further,"
+            " and there is nothing left to stretch. To train on:"
+        )
+        resume, ways = "", [new_run + "."]
+    header = f"{source} was trained with other {what} settings than this config has:"
+    body = [header, *(f"  {line}" for line in lines), why, resume, *ways]
+    raise CheckpointError("\n".join(line for line in body if line))
 
 
 EXTEND_HINT = (
