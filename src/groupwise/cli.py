@@ -352,7 +352,10 @@ def logger_dirs(trainer: Trainer) -> list[str]:
     without one, such as Wandb or MLflow)."""
     dirs = []
     for logger in trainer.loggers:
-        log_dir = getattr(logger, "log_dir", None)
+        try:
+            log_dir = getattr(logger, "log_dir", None)
+        except Exception:  # a logger that cannot say yet: nothing of it is removed
+            continue
         if isinstance(log_dir, str) and "://" not in log_dir:
             dirs.append(log_dir)
     return dirs
