@@ -59,6 +59,7 @@ NOT_RUN = {
     "srun": "needs a SLURM cluster",
     "torchrun": "a multi-node launch, one agent per node",
     "sbatch": "needs a SLURM cluster",
+    "groupwise sweep": "many full fits (tests/test_sweep*.py run sweeps on fabricated data)",
 }
 RUNS = ("fit", "validate", "test", "predict")
 

@@ -104,3 +104,14 @@ def test_a_non_finite_trial_fails_with_its_message_and_a_clearly_worse_one_is_pr
     summary = (tmp_path / "sweep/summary.md").read_text()
     assert "| PRUNED |" in summary and nan.user_attrs["error"].splitlines()[0] in summary
     assert "1 pruned, 1 failed" in done.stdout
+
+
+def test_another_space_on_the_same_study_is_an_error_naming_the_keys():
+    from groupwise.errors import ConfigError
+    from groupwise.sweep.study import check_same_space
+
+    study = optuna.create_study(study_name="s")
+    check_same_space(study, {LR: "FloatDistribution(0.01, 0.1)"}, "memory")
+    check_same_space(study, {LR: "FloatDistribution(0.01, 0.1)"}, "memory")  # the same: fine
+    with pytest.raises(ConfigError, match=r"another space: \['model.optimizer.init_args.lr'\]"):
+        check_same_space(study, {LR: "FloatDistribution(0.01, 0.5)"}, "memory")
