@@ -12,8 +12,12 @@ below fails, saying which name, if a Lightning release renames it or stops calli
   weight decay (LBFGS, Rprop) log none instead of raising ``KeyError``;
 - ``LearningRateMonitor._extract_momentum``: overridden so that each group's own keys
   decide between ``betas`` and ``momentum`` (a group of another optimizer);
-- ``LearningRateMonitor._check_duplicates_and_update_name``: overridden so that the tag
-  prefix of a ``CombinedOptimizer`` is the model optimizer's class (``lr-SGD/<group>``);
+- ``LearningRateMonitor._check_duplicates_and_update_name`` and ``_extract_lr``:
+  overridden so that each group of a ``CombinedOptimizer`` is tagged after its own
+  optimizer (``lr-Muon/filters``, ``lr-AdamW/head``);
+- ``LearningRateMonitor._extract_stats``, ``_LoggerConnector.should_update_logs`` and
+  ``_TrainingEpochLoop._batches_that_stepped``: read by ``LearningRateMonitor`` to log a
+  per-step schedule's first and last step as Lightning logs its other steps;
 - ``TQDMProgressBar._should_update``: called by ``ProgressBar`` (whether a batch is one to
   count, as Lightning's bar decides it);
 - ``WeightAveraging._average_model``: read by ``EMAWeightAveraging`` to make the average
@@ -166,3 +170,12 @@ def test_training_epoch_loop_still_decides_validation_in_should_check_val_fx():
         _TrainingEpochLoop.on_advance_end
     )
     assert "self._data_fetcher" in inspect.getsource(_FitLoop.advance)
+
+
+def test_the_names_the_learning_rate_monitor_reads_still_exist(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor as LightningMonitor
+
+    assert callable(LightningMonitor._extract_stats) and callable(LightningMonitor._extract_lr)
+    trainer = fit_briefly(tmp_path, LearningRateMonitor(logging_interval="step"), AdamModel())
+    assert trainer.fit_loop.epoch_loop._batches_that_stepped == 2
+    assert isinstance(trainer._logger_connector.should_update_logs, bool)
