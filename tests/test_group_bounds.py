@@ -137,7 +137,8 @@ def test_cycled_momentum_keeps_each_group_s_ratio_to_the_optimizer_s(data_dir, t
     )
     assert fit.trainer.global_step == 6
     logged = scalars(Path(fit.trainer.log_dir))
-    momenta = {g: [v for _, v in logged[f"lr-SGD/{g}-momentum"]] for g in ("filters", "norm")}
+    momenta = {"filters": [v for _, v in logged["lr-Muon/filters-momentum"]]}
+    momenta["norm"] = [v for _, v in logged["lr-SGD/norm-momentum"]]
     default = [v for _, v in logged["lr-SGD/default-momentum"]]
     assert default == pytest.approx(one_cycle_momenta(6, max_lr=0.1), rel=1e-6)
     assert momenta["norm"] == default
