@@ -30,7 +30,6 @@ from groupwise.classifier import Classifier
 from groupwise.cli import run
 
 LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
-SETUP_FILES = re.compile(r"lightning_logs/(version_\d+)/(config\.yaml|events\.out\.tfevents\..+)")
 TORCHVISION_NET = '{"class_path": "torchvision.models.resnet18", "init_args": {"num_classes": 10}}'
 # LeNet's layout in the checkpoint: features (4 tensors), classifier (6 tensors).
 GROUPS = {
