@@ -1,9 +1,10 @@
 """What `--ckpt_path last` picks (``groupwise.checkpoint.last.pick_last``), as a property over
 generated directories of last.ckpt files: runs of this config, of this config file with
-another setting, of another config file with another setting, whole files of another tool (refused by the safe
-loader) and files cut short, written in any order. The pick is the newest run of this
-config; every newer file is passed over by name, none raises; with no run of this config,
-``changed`` is the newest run of this config file and ``damaged`` every cut file.
+another setting, of another config file with another setting, whole files of another tool
+(refused by the safe loader) and files cut short, written in any order. The pick is the
+newest run of this config; every newer file is passed over by name, none raises; with no
+run of this config, ``changed`` is the newest run of this config file and ``damaged``
+every cut file.
 """
 
 import argparse

@@ -8,22 +8,11 @@ import functools
 
 import pytest
 import torch
+from conv_head_net import Net
 from torch import nn
 
 from groupwise.optim import CombinedOptimizer, Muon, ParamGroupError, build_optimizer
 from groupwise.optim.param_groups import describe_optimizer
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, bias=False)
-        self.norm = nn.BatchNorm2d(4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.conv(x)).mean((2, 3)))
-
 
 # YAML order interleaves the optimizers: SGD, Muon, AdamW, then the default group (SGD).
 RULES = [

@@ -29,10 +29,10 @@ import warnings
 
 import pytest
 import torch
+from conv_head_net import Net
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch import Trainer
-from torch import nn
 from torch.optim import lr_scheduler
 
 from groupwise.classifier import Classifier
@@ -40,17 +40,6 @@ from groupwise.errors import UserError
 from groupwise.optim import CosineAnnealingLR, WarmupLinearLR
 
 EPOCHS = 8  # scheduler steps per example (scheduler_interval: epoch)
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, bias=False)
-        self.norm = nn.BatchNorm2d(4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.conv(x)).mean((2, 3)))
 
 
 @functools.cache
