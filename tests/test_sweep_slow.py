@@ -1,8 +1,10 @@
 """`groupwise sweep` with real processes and real storage: two workers on one SQLite file
 run every trial exactly once; a worker SIGKILLed in the middle of a trial, then the same
 command: the trial is retried and its fit resumes from its own checkpoint, ending with the
-weights of a fit that was never interrupted; two workers on a PostgreSQL server started
-here on 127.0.0.1 (installed by scripts/postgres_for_tests.sh)."""
+weights of a fit that was never interrupted; a worker SIGTERMed in the middle of a trial
+(Preemption saves after the step under way, exit 75), then the same command: the trial is
+taken up again at the next step, no step lost, with the same final weights; two workers on
+a PostgreSQL server started here on 127.0.0.1 (installed by scripts/postgres_for_tests.sh)."""
 
 import glob
 import json
@@ -20,6 +22,7 @@ from cli_run import LENET, ROOT, free_port, groupwise, load, quick
 
 pytestmark = pytest.mark.slow
 LR = "model.optimizer.init_args.lr"
+RESUMABLE = 75  # Preemption's exit status
 
 
 def sweep(data_dir: Path, root: Path, *extra: str):
@@ -74,6 +77,57 @@ def test_a_killed_worker_s_trial_is_retried_and_resumes_from_its_checkpoint(data
     resumed_from = saved["global_step"]
     print(f"killed after step 4, resumed from step {resumed_from}: {4 - resumed_from} lost")
     assert resumed_from >= 3  # at most the step under way is lost
+    # the resumed fit ends with the weights of the same config's uninterrupted fit
+    whole = groupwise("fit", "--config", str(run / "config.yaml"),
+                      "--trainer.default_root_dir", str(tmp_path / "whole"))  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    final = load(run / "lightning_logs/version_1/checkpoints/last.ckpt")
+    reference = load(tmp_path / "whole/lightning_logs/version_0/checkpoints/last.ckpt")
+    assert final["global_step"] == reference["global_step"] == 6
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], tensor), name
+    assert "STOPPED (retried as" in (tmp_path / "sweep/summary.md").read_text()
+
+
+@pytest.mark.parametrize("signal", ["SIGTERM", "SIGUSR1"])
+def test_a_preempted_worker_s_trial_is_taken_up_again_at_the_next_step(signal, data_dir, tmp_path):
+    """3 steps per epoch, 6 in all; SIGTERM (or SIGUSR1) as step 4 (0-based, epoch 1)
+    starts: Preemption finishes that step, saves last.ckpt at global step 5 and the worker
+    exits 75; the same command again takes the trial up at step 5, and its fit ends as an
+    uninterrupted one."""
+    stamp, steps = tmp_path / "signalled", tmp_path / "steps.log"
+    term = {"class_path": "sweep_faults.SignalOnceAtStep",
+            "init_args": {"signal": signal, "step": 4, "stamp": str(stamp)}}  # fmt: skip
+    log = {"class_path": "sweep_faults.StepLog", "init_args": {"path": str(steps)}}
+    args = ["--trials", "2", "--heartbeat", "1", f"--trainer.callbacks+={json.dumps(term)}",
+            f"--trainer.callbacks+={json.dumps(log)}"]  # fmt: skip
+    stopped = sweep(data_dir, tmp_path, *args)
+    assert stopped.returncode == RESUMABLE and stamp.read_text() == "4", stopped.stderr[-3000:]
+    assert f"Preemption ({signal}): saved" in stopped.stderr
+    assert [t.state.name for t in study_of(tmp_path).get_trials()] == ["RUNNING"]
+    run = tmp_path / "sweep/trial_0000"
+    saved = load(run / "lightning_logs/version_0/checkpoints/last.ckpt")
+    assert saved["global_step"] == 5  # the step under way when the signal came was finished
+    again = sweep(data_dir, tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = study_of(tmp_path).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1  # the stopped one
+    stopped_trial = next(t for t in trials if t.state.name == "FAIL")
+    assert stopped_trial.number == 0 and "error" not in stopped_trial.user_attrs
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["run_dir"] == str(run)
+    assert f"trial {retry.number} retries trial_0000: its fit resumes" in again.stdout
+    # trial 0's steps, by process: 0-4 in the signalled worker, 5 in the next one
+    taken: dict[str, list[int]] = {}
+    for pid, root, step in (line.split() for line in steps.read_text().splitlines()):
+        if root == str(run):
+            taken.setdefault(pid, []).append(int(step))
+    assert list(taken.values()) == [[0, 1, 2, 3, 4], [5]]
+    done, resumed_at = len(next(iter(taken.values()))), list(taken.values())[1][0]
+    lost = done - saved["global_step"]  # steps taken before the exit, not in the checkpoint
+    print(f"{signal} as step 4 started: {done} steps done, saved at {saved['global_step']},"
+          f" resumed at {resumed_at}: {lost} lost")  # fmt: skip
     # the resumed fit ends with the weights of the same config's uninterrupted fit
     whole = groupwise("fit", "--config", str(run / "config.yaml"),
                       "--trainer.default_root_dir", str(tmp_path / "whole"))  # fmt: skip
