@@ -271,7 +271,7 @@ def profile(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor
     # the per-step work besides the net: Lightning's loop, logging, metrics, callbacks, data
     picked = {
         "training_step", "_loss", "backward", "step", "log", "update", "forward",
-        "_call_callback_hooks", "dispatch", "on_train_batch_end", "on_before_optimizer_step",
+        "_call_callback_hooks", "on_train_batch_end", "on_before_optimizer_step",
         "on_after_batch_transfer", "keyed_crop_flip", "normalize", "__next__",
         "_call_lightning_module_hook", "advance", "zero_grad", "on_train_batch_start",
     }  # fmt: skip
