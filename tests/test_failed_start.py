@@ -140,7 +140,8 @@ def test_a_data_error_in_setup_leaves_nothing(data_dir, lenet_run):
 )
 def test_a_config_or_group_error_in_a_new_folder_makes_no_folder(data_dir, tmp_path, args, start):
     error = fails_leaving_nothing(tmp_path, *lenet(data_dir, tmp_path / "new" / "runs"), *args)
-    assert error.startswith(start) and error.count("\n") == 1
+    # jsonargparse 4.44 (the lower bound) writes "Unrecognized", later releases "unrecognized"
+    assert error.lower().startswith(start.lower()) and error.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 

@@ -119,12 +119,14 @@ class GroupwiseArgumentParser(LightningArgumentParser):
 def nearest_key(message: str, parser: LightningArgumentParser) -> str:
     """``" (did you mean 'k'?)"`` for the unknown key of a jsonargparse error ``message``,
     ``k`` the parser's nearest key (``--k`` for a command-line option), else ``""``."""
-    option = re.match(r"unrecognized arguments: --([^\s=]+)", message)
+    # jsonargparse 4.44 writes "Unrecognized", later releases "unrecognized"
+    option = re.match(r"unrecognized arguments: --([^\s=]+)", message, re.IGNORECASE)
     key = re.search(r"(?:Group '([^']+)' )?does not accept option '([^']+)'", message)
     init_arg = re.search(
         r"(?:Option '([^']+)' is not accepted|unrecognized arguments: --([^\s=]+))"
         r".*class_path='([^']+)'",
         message,
+        re.IGNORECASE,
     )
     if option:
         unknown, dashes = option[1], "--"
