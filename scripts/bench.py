@@ -17,12 +17,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, when imported
+SCRIPTS = str(Path(__file__).resolve().parent)
+if SCRIPTS not in sys.path:  # benchmarks/ imports when this file is loaded by path
+    sys.path.insert(0, SCRIPTS)
 
-from benchmarks import (
-    REGISTRY,  # noqa: E402
-    harness,  # noqa: E402
-)
+from benchmarks import REGISTRY, harness  # noqa: E402
 
 
 def summary(module: str) -> str:

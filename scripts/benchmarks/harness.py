@@ -187,8 +187,10 @@ class Spread:
         return cls(statistics.median(values), min(values), max(values))
 
     def format(self, spec: str = ".3f") -> str:
-        """``median (low-high)``, each with the format ``spec``."""
-        return f"{self.median:{spec}} ({self.low:{spec}}-{self.high:{spec}})"
+        """``median (low-high)``, each with the format ``spec`` (``low to high`` when the
+        range has a negative end, where a dash would read as a minus sign)."""
+        dash = " to " if self.low < 0 or self.high < 0 else "-"
+        return f"{self.median:{spec}} ({self.low:{spec}}{dash}{self.high:{spec}})"
 
 
 def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
@@ -245,8 +247,10 @@ class Record:
         print(f"\n{title}\n{text}" if title else f"\n{text}", flush=True)
         self.tables.append({"title": title, "header": list(header), "rows": jsonable(rows)})
 
-    def write(self, folder: Path = RESULTS) -> Path:
-        """Write the record to ``folder/NAME-<UTC time>.json`` and return its path."""
+    def write(self, folder: Path | None = None) -> Path:
+        """Write the record to ``folder/NAME-<UTC time>.json`` (default ``bench_results/``)
+        and return its path."""
+        folder = RESULTS if folder is None else folder
         folder.mkdir(parents=True, exist_ok=True)
         stamp = self.started.replace("-", "").replace(":", "")
         path = folder / f"{self.name}-{stamp}.json"
