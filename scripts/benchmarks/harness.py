@@ -24,6 +24,10 @@ How a subcommand is written (``scripts/bench.py NAME`` runs it):
 5. Name the command that produced each figure in ``docs/benchmarks.md``
    (``bash scripts/bench.sh NAME ...``); ``tests/test_benchmarks.py`` runs its ``--help``.
 
+A benchmark timed on a GPU reads the clock after ``torch.cuda.synchronize()`` (kernels run
+asynchronously); the machine line names the GPU. One that runs on a CPU only says so in its
+docstring.
+
 A callback that must run inside a ``groupwise fit`` child process lives in the module and
 is named by class path (``benchmarks.NAME.Probe``): ``fits.child_fit`` puts ``scripts/`` on
 the child's ``PYTHONPATH``. Keep this module and ``__init__.py`` free of heavy imports at
