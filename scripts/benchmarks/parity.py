@@ -161,7 +161,8 @@ def run(args: argparse.Namespace, record: Record) -> None:
         rows.append([NAMES[kind], f"{images_per_s:,.0f}", ratios.format(), f"{extra:.3f}"])
     title = (
         f"{args.config.name} ({net_name}), {args.data_dir.name} ({len(labels):,} training"
-        f" images), batch {batch_size}, {args.steps} steps, {args.repeats} rounds, CPU"
+        f" images), batch {batch_size}, {args.steps} steps, {args.repeats} rounds, CPU, torch"
+        f" threads {torch.get_num_threads()}"
     )
     header = ["", "median img/s", "median ratio vs plain (min-max)", "ms/step over plain"]
     record.table(title, header, rows)

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace, record: Record) -> None:
         ])  # fmt: skip
     record.table(
         f"{args.config.name} ({net_name}), batch {batch_size}, {args.steps} steps, "
-        f"{args.repeats} rounds, CPU; ms per step (median over rounds)",
+        f"{args.repeats} rounds, CPU, torch threads {torch.get_num_threads()}; ms per step "
+        "(median over rounds)",
         ["", "p10 ms", "median ms", "p10 over plain, ms (min-max)"],
         rows,
     )
