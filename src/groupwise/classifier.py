@@ -15,7 +15,6 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from groupwise.accuracy import TrainAccuracy
 from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.checkpoint.averaged import check_resume_averaging, weights_note
 from groupwise.checkpoint.compat import (
@@ -38,6 +37,7 @@ from groupwise.checkpoint.compat import (
 )
 from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.errors import ConfigError
+from groupwise.metrics.accuracy import TrainAccuracy
 from groupwise.optim.combined import class_path
 from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
 from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
