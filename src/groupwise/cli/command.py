@@ -30,8 +30,9 @@ every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Eve
 gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``NoProfiler``
 (unless ``trainer.profiler`` is set: Lightning's default without its per-call context
 manager, see ``groupwise.runtime.profiler``), on the CPU glibc's allocator set to keep freed
-memory for the next step (``groupwise.runtime.host_memory``), ``GroupPlan`` (the group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's
-Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
+memory for the next step (``groupwise.runtime.host_memory``), ``GroupPlan`` (the group
+table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's Custom Scalars
+tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
 went, printed and in ``summary.txt``, at the end of fit, validate and test) and
 ``RNGStateCheckpoint`` (every rank's random states in each checkpoint, restored on resume); and
 ``--ckpt_path last`` means the newest ``last.ckpt`` of an earlier run of this config in the
