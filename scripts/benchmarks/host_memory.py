@@ -1,6 +1,6 @@
 """Page faults and time per CPU training step: freed host memory kept vs glibc's adaptive default.
 
-Kept is ``groupwise.host_memory``'s setting, the default of every run; adaptive is glibc's
+Kept is ``groupwise.runtime.host_memory``'s setting, the default of every run; adaptive is glibc's
 own thresholds.
 
 Each fit is ``groupwise fit --config configs/NAME.yaml`` in a fresh process, exactly as a

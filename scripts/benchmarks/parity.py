@@ -30,7 +30,7 @@ cannot drift apart; the loop itself is hand-written torch with no Lightning.
 
 The five run back to back in one process, in a rotating order, ``--repeats`` times after
 one short warm-up of each. The template's first fit sets glibc's allocator to keep freed
-memory (``groupwise.host_memory``, process-wide), so the plain loop runs with it too: the
+memory (``groupwise.runtime.host_memory``, process-wide), so the plain loop runs with it too: the
 ratio is of the loops, not of the allocators. Reports median images/s (steps * batch
 size / seconds) of each and the median of the per-repeat ratios plain / variant, and the
 median per-step time each variant adds to the plain loop's (a per-step overhead in ms;

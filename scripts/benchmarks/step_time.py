@@ -9,7 +9,7 @@ steps of ``--config`` (default LeNet-5) at ``--batch-size``. A step's time is th
 between consecutive stamps: everything the loop does between two forward passes (loss,
 backward, optimizer, hooks, logging, the next batch). The variants run back to back in
 rotating order, ``--repeats`` rounds after one warm-up of each, in one process (the
-template's first fit keeps freed host memory, ``groupwise.host_memory``, for all of them).
+template's first fit keeps freed host memory, ``groupwise.runtime.host_memory``, for all of them).
 
 Reported per variant: the 10th percentile and the median of its step times (ms, median over
 rounds), and what it adds per step over the plain loop of the same round (10th percentile

@@ -208,7 +208,7 @@ class Classifier(LightningModule):
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch here rather than with on_epoch=True in every training_step:
         # each self.log call costs Lightning's bookkeeping on every step (the largest part
-        # of its per-step overhead in scripts/bench_parity.py --profile).
+        # of its per-step overhead in `bash scripts/bench.sh parity --profile`).
         self.log("train/acc", self.train_acc)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
