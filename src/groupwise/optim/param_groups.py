@@ -55,14 +55,16 @@ from typing import Any
 from torch import nn
 
 from groupwise.errors import ConfigError, did_you_mean
+from groupwise.optim.group_schedule import SCHEDULE_KEY, parse_schedule, schedule_column
 
 DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = ".no_decay"
 # Keys of a rule that select parameters or name the group; every other key is an option.
-RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale", "optimizer"})
+RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale", "optimizer", SCHEDULE_KEY})
 LAYER_DECAY_KEY = "layer_decay"  # expanded into one rule per module by expand_layer_decay
 LAYER_DECAY_OWN_KEYS = ("name", "modules", "lr", LAYER_DECAY_KEY)
 NO_DECAY_OPTIONS = {"weight_decay": 0.0}
+FOLLOWS_RUN = "model.scheduler"  # the schedule column of a group without its own
 
 
 class ParamGroupError(ConfigError):
@@ -515,6 +517,8 @@ def _group_options(
                 "'lr' instead"
             )
         opts["lr"] = defaults["lr"] * float(rule["lr_scale"])
+    if rule.get(SCHEDULE_KEY) is not None:  # the group's own lr curve (group_schedule)
+        opts[SCHEDULE_KEY] = parse_schedule(rule["name"], rule[SCHEDULE_KEY])
     return opts
 
 
@@ -653,7 +657,7 @@ def describe(
     per_group = [defaults] * len(param_groups) if isinstance(defaults, Mapping) else defaults
     shown = ["lr", "weight_decay", "weight_decay_l1", "weight_decay_l2", "momentum", "betas"]
     shown = [key for key in shown if any(key in own for own in per_group)]
-    hidden = {*shown, "name", "params", "param_names"}
+    hidden = {*shown, "name", "params", "param_names", SCHEDULE_KEY}
     shown += sorted(
         {
             key
@@ -673,6 +677,10 @@ def describe(
         }
         for index, group in enumerate(param_groups)
     ]
+    schedules = schedule_column(param_groups, FOLLOWS_RUN)
+    if schedules is not None:
+        for row, cell in zip(rows, schedules, strict=True):
+            row["schedule"] = cell
     names = names or {}
     tied = [
         ", ".join(
