@@ -77,7 +77,7 @@ def parse_schedule(group: str, spec: Any) -> dict[str, Any]:
     if len(lengths) != 1:
         raise ConfigError(
             f"{where} needs exactly one of epochs / steps (its length), got "
-            f"{ {key: spec[key] for key in lengths} or 'neither'}"
+            f"{ {key: spec[key] for key in lengths} or 'neither' }"
         )
     unit = lengths[0]
     length = spec[unit]
@@ -225,9 +225,10 @@ class GroupSchedules(OnGroups):
         indices = scheduled_indices(optimizer)
         groups = [optimizer.param_groups[i] for i in indices]
         names = [group.get("name", f"pg{i}") for i, group in zip(indices, groups, strict=True)]
+        specs = [group[SCHEDULE_KEY] for group in groups]
         self.curves = [
-            curve(group[SCHEDULE_KEY], schedule_steps(group[SCHEDULE_KEY], steps_per_epoch, name), name)
-            for group, name in zip(groups, names, strict=True)
+            curve(spec, schedule_steps(spec, steps_per_epoch, name), name)
+            for spec, name in zip(specs, names, strict=True)
         ]
         self.names = names
         super().__init__(LambdaLR(GroupsView(optimizer, indices), list(self.curves)))

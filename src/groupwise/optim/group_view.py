@@ -58,7 +58,8 @@ class GroupsView(Optimizer):
         return None
 
     def __repr__(self) -> str:
-        names = [group.get("name", f"pg{i}") for i, group in zip(self.indices, self.param_groups)]
+        pairs = zip(self.indices, self.param_groups, strict=True)
+        names = [group.get("name", f"pg{i}") for i, group in pairs]
         return f"GroupsView({type(self.whole).__name__}, {names})"
 
 
