@@ -7,11 +7,13 @@ milestone). Every lr is read from the optimizer right before each optimizer step
 """
 
 import functools
+import json
 import math
 import warnings
 
 import pytest
 import torch
+from cli_run import LENET
 from conv_head_net import Net
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from groupwise.classifier import Classifier
 from groupwise.errors import ConfigError
 from groupwise.optim.param_groups import describe_optimizer
+from groupwise.plan import configure, load, lr_schedule
 
 PEAK, RUN_LR = 0.04, 0.1  # the filters' lr (the curve's peak), the optimizer's lr
 IMAGES, BATCH = 8, 2  # 4 batches per epoch
@@ -221,3 +224,21 @@ def test_the_group_table_shows_each_group_s_schedule():
         "model.scheduler",
     ]
     assert "schedule" not in describe_optimizer(model_of(None).build_optimizer())[0]
+
+
+def test_the_plan_follows_each_group_s_own_schedule_per_optimizer_step(tmp_path):
+    """configs/lenet.yaml without data (CIFAR-10's 45,000 training images in batches of
+    128: 352 steps per epoch) with its features on a linear 3-epoch schedule: per step, the
+    features fall to 0 at step 1056; the classifier's MultiStepLR acts at epoch 10."""
+    features = {"name": "features", "modules": ["features"],
+                "schedule": {"shape": "linear", "epochs": 3}}  # fmt: skip
+    classifier = {"name": "classifier", "modules": ["classifier"], "lr_scale": 10.0}
+    groups = json.dumps([features, classifier])
+    args = ["--config", LENET, "--data.data_dir", str(tmp_path), "--model.param_groups", groups]
+    setup = configure(load(args))
+    assert (setup.steps_per_epoch, setup.frequency) == (352, 352)
+    planned = lr_schedule(
+        setup.optimizer, setup.scheduler, 11 * 352, setup.frequency, setup.group_schedules
+    )
+    assert planned["features"][:1058] == [0.005 * (1 - s / 1056) for s in range(1056)] + [0.0] * 2
+    assert planned["classifier"][3519:3521] == [0.05, 0.05 * 0.1]
