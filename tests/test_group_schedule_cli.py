@@ -7,6 +7,7 @@ has its own schedule, airbench94's whitening bias's: linear from its lr (0.01) t
 """
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,9 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(
 
 
 def test_a_resume_with_another_group_schedule_is_refused_naming_it(data_dir, tmp_path):
-    args = [*RECIPE, *quick(data_dir, tmp_path), "--trainer.max_epochs", "1"]
-    assert groupwise("fit", *args).returncode == 0
+    args = [*RECIPE, *quick(data_dir, tmp_path)]
+    stopped = groupwise("fit", *args, signal_at(tmp_path / "stamp", step=1))
+    assert stopped.returncode == RESUMABLE, stopped.stderr[-3000:]
     other = dict(FEATURES, schedule={"shape": "cosine", "epochs": 3, "freeze_at_end": True})
     changed = ["--model.param_groups", json.dumps([other, CLASSIFIER])]
     resumed = groupwise("fit", *args, *changed, "--ckpt_path", "last")
@@ -145,3 +147,45 @@ def test_extend_schedule_stretches_the_run_s_schedule_and_keeps_the_group_s(data
     ]
     assert [lrs[s]["classifier"] for s in range(12)] == pytest.approx(classifier, rel=1e-12)
     assert [lrs[s]["features"] for s in range(12)] == [features_lr(s) for s in range(12)]
+
+
+def test_lr_find_sweeps_every_group_from_its_peak(data_dir, tmp_path, capsys):
+    """The features' own warm-up starts at 0; the sweep multiplies every group's configured
+    lr (the curve's peak) by one multiplier, and says that the config warms up to them."""
+    warming = dict(FEATURES, schedule={"shape": "warmup_linear", "steps": 6, "warmup": 0.5})
+    spec = {"class_path": "fault_injection.RecordGroupLRs", "init_args": {"out": str(tmp_path)}}
+    args = [
+        "lr_find", "--config", LENET, "--model.param_groups", json.dumps([warming, CLASSIFIER]),
+        *quick(data_dir, tmp_path), f"--trainer.callbacks+={json.dumps(spec)}",
+        "--num_steps", "6", "--max_multiplier", "1",
+    ]  # fmt: skip
+    run(args)
+    assert "Note: the config's schedule warms up to these lrs" in capsys.readouterr().out
+    steps = json.loads((tmp_path / "rank0.json").read_text())
+    multipliers = [1e-3 * (1 / 1e-3) ** (k / 5) for k in range(6)]
+    assert [s["features"] for s in steps] == [0.005 * m for m in multipliers]
+    assert [s["classifier"] for s in steps] == [0.05 * m for m in multipliers]
+
+
+def test_a_muon_group_on_its_own_schedule(data_dir, tmp_path):
+    """An optimizer per group (CombinedOptimizer): the Muon filters follow their own cosine
+    over 2 epochs from Muon's lr; the SGD groups the run's MultiStepLR; TensorBoard's tags
+    are each group's own optimizer's."""
+    filters = {
+        "name": "filters", "params": ["features.*.weight"],
+        "optimizer": {"class_path": "groupwise.optim.Muon", "init_args": {"lr": 0.02}},
+        "schedule": {"shape": "cosine", "epochs": 2},
+    }  # fmt: skip
+    rest = {"name": "rest", "params": ["*"]}
+    args = [
+        "fit", "--config", LENET, *SCHEDULE, "--model.param_groups", json.dumps([filters, rest]),
+        RECORD, *quick(data_dir, tmp_path),
+    ]  # fmt: skip
+    cli = run(args)
+    (recorder,) = [c for c in cli.trainer.callbacks if isinstance(c, RecordLrs)]
+    cosine = [0.02 * (1 + math.cos(math.pi * s / 6)) / 2 for s in range(6)] + [0.0] * 3
+    assert [recorder.lrs[s]["filters"] for s in range(9)] == pytest.approx(cosine, abs=1e-15)
+    assert [recorder.lrs[s]["rest"] for s in range(9)] == [0.01] * 3 + [0.005] * 3 + [0.0025] * 3
+    events = EventAccumulator(str(Path(cli.trainer.log_dir)))
+    events.Reload()
+    assert {"lr-Muon/filters", "lr-SGD/rest"} <= set(events.Tags()["scalars"])
