@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
+from groupwise.callbacks import FreezeGroups
 from groupwise.classifier import Classifier
 from groupwise.errors import ConfigError
 from groupwise.optim.param_groups import describe_optimizer
@@ -72,7 +73,7 @@ def fit(model: Classifier, epochs: int = 3, accumulate: int = 1, **trainer_args)
     trainer = Trainer(
         max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        accumulate_grad_batches=accumulate, callbacks=[record, *trainer_args.pop("callbacks", [])],
+        accumulate_grad_batches=accumulate, callbacks=[*trainer_args.pop("callbacks", []), record],
         **trainer_args,
     )  # fmt: skip
     with warnings.catch_warnings():
@@ -128,6 +129,17 @@ def test_frozen_weights_stay_as_they_were_at_the_end():
     after = weights.seen  # after steps 1..12
     assert not torch.equal(after[3], after[4])  # step 4 (index 4) trains at a small lr
     assert all(torch.equal(after[4], later) for later in after[5:])  # steps 5.. frozen
+
+
+def test_freeze_groups_keeps_a_group_on_its_own_schedule_from_updating_while_its_lr_runs():
+    """FreezeGroups drops the group's gradients in its frozen epoch; the group's own
+    schedule steps all along, as the run's scheduler does for a frozen group."""
+    spec = {"shape": "linear", "epochs": 2, "freeze_at_end": True}
+    record = fit(model_of(spec), epochs=3, callbacks=[FreezeGroups({"filters": 1})])
+    assert [g["filters"] for g in record.no_grad] == [True] * 4 + [False] * 4 + [True] * 4
+    assert [lrs["filters"] for lrs in record.lrs] == [
+        PEAK * (1 - s / 8) if s < 8 else 0.0 for s in range(12)
+    ]
 
 
 SHAPES = st.sampled_from(["linear", "cosine", "constant", "warmup_linear", "warmup_cosine"])
