@@ -190,3 +190,21 @@ def test_a_muon_group_on_its_own_schedule(data_dir, tmp_path):
     events = EventAccumulator(str(Path(cli.trainer.log_dir)))
     events.Reload()
     assert {"lr-Muon/filters", "lr-SGD/rest"} <= set(events.Tags()["scalars"])
+
+
+def test_ddp_ranks_follow_the_same_group_schedule_and_freeze_together(data_dir, tmp_path):
+    """Two CPU processes (batches of 10 per rank: 3 steps per epoch): every rank's lrs are
+    the same at every step. A parameter that stops requiring a gradient after DDP wrapped
+    the net needs DDP's unused-parameter detection (plain `ddp` stops with DDP's error
+    naming this strategy)."""
+    spec = {"class_path": "fault_injection.RecordGroupLRs", "init_args": {"out": str(tmp_path)}}
+    args = [
+        *RECIPE, *quick(data_dir, tmp_path, "--data.batch_size", "10"),
+        "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2",
+        f"--trainer.callbacks+={json.dumps(spec)}",
+    ]  # fmt: skip
+    done = groupwise("fit", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert [s["features"] for s in ranks[0]] == [features_lr(s) for s in range(STEPS)]
