@@ -79,7 +79,10 @@ class Classifier(LightningModule):
         scheduler_interval: step the scheduler after every ``epoch`` (milestones count
             epochs) or every optimizer ``step``.
         param_groups: group rules, tried in order (see ``groupwise.optim.param_groups``).
-            Parameters no rule matches go to the group ``default``.
+            Parameters no rule matches go to the group ``default``. A rule's ``schedule``
+            gives its groups their own lr curve, stepped after every optimizer step
+            (``groupwise.optim.group_schedule``); ``scheduler`` then acts on the other
+            groups only, and Lightning steps both.
         no_decay_split: put each group's biases and norm parameters into
             ``<name>.no_decay`` with weight decay 0.
         num_classes: number of classes (the net's output size).

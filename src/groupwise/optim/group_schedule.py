@@ -92,6 +92,8 @@ def parse_schedule(group: str, spec: Any) -> dict[str, Any]:
                 f"a number in (0, 1); got {warmup!r}"
             )
         parsed["warmup"] = float(warmup)
+        if unit == "steps":  # with epochs, checked once the steps per epoch are known
+            curve(parsed | {"start_factor": 1.0, "end_factor": 0.0}, length, group)
     elif warmup is not None:
         raise ConfigError(
             f"{where}: warmup is for the shapes warmup_linear and warmup_cosine, not {shape}"

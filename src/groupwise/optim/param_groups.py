@@ -20,6 +20,9 @@ Semantics:
   list each only under its first name, which is what they lack here);
 - trainable parameters no rule matches go to the group ``default`` (optimizer defaults);
 - frozen parameters (``requires_grad=False``) are left out;
+- a rule's ``schedule`` (its groups' own lr curve, ``groupwise.optim.group_schedule``) is
+  checked here and kept in each of its groups under ``schedule``, where the ``Classifier``
+  reads it (and a resume compares it, as any group option);
 - ``lr_scale`` is resolved here into an absolute ``lr`` (defaults' lr times the scale), so no
   group carries a key that the optimizer or scheduler would silently ignore;
 - with ``no_decay_split`` each group's biases and norm parameters (``ndim <= 1``, as timm and
