@@ -20,10 +20,12 @@ from groupwise.checkpoint.resume_checks import ResumeChecks
 from groupwise.errors import ConfigError
 from groupwise.metrics.accuracy import TrainAccuracy
 from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
+from groupwise.optim.group_schedule import GroupSchedules, check_lengths, scheduled_indices
+from groupwise.optim.group_view import GroupsView, OnGroups
 from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
 from groupwise.optim.per_group import build_groups, build_optimizer
 from groupwise.optim.schedule_length import check_length as check_length_against_run
-from groupwise.optim.schedule_length import fill_length, run_length
+from groupwise.optim.schedule_length import fill_length, run_length, steps_per_epoch
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
 
 
@@ -44,7 +46,10 @@ class Classifier(LightningModule):
         scheduler_interval: step the scheduler after every ``epoch`` (milestones count
             epochs) or every optimizer ``step``.
         param_groups: group rules, tried in order (see ``groupwise.optim.param_groups``).
-            Parameters no rule matches go to the group ``default``.
+            Parameters no rule matches go to the group ``default``. A rule's ``schedule``
+            gives its groups their own lr curve, stepped after every optimizer step
+            (``groupwise.optim.group_schedule``); ``scheduler`` then acts on the other
+            groups only, and Lightning steps both.
         no_decay_split: put each group's biases and norm parameters into
             ``<name>.no_decay`` with weight decay 0.
         num_classes: number of classes (the net's output size).
@@ -288,16 +293,41 @@ class Classifier(LightningModule):
             f"{type(optimizer).__name__} parameter groups:\n"
             + format_table(describe_optimizer(optimizer, parameter_names(self.net)))
         )
-        if self.scheduler is None:
-            self.resume_checks.check_settings(self, optimizer, options, None, [])
-            return optimizer
-        length = run_length(self.trainer, self.scheduler_interval)
-        scheduler, from_trainer = self._build_scheduler(optimizer, length)
+        configs, scheduler, from_trainer = [], None, []
+        if self.scheduler is not None:
+            length = run_length(self.trainer, self.scheduler_interval)
+            scheduler, from_trainer = self._build_scheduler(optimizer, length)
+            config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config |= {"monitor": "val/loss", "reduce_on_plateau": True}
+            if isinstance(scheduler.optimizer, GroupsView):  # some groups have their own
+                config["scheduler"] = OnGroups(scheduler)
+            configs.append(config)
         self.resume_checks.check_settings(self, optimizer, options, scheduler, from_trainer)
-        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        schedules = None
+        if scheduled_indices(optimizer):
+            schedules = self.build_group_schedules(optimizer, steps_per_epoch(self.trainer))
+        if schedules is not None:
+            check_lengths(schedules, run_length(self.trainer, "step"))
+            # stepped after every optimizer step; logged under the same tags as the run's
+            # scheduler (LearningRateMonitor would otherwise add a second set, lr-SGD-1/...)
+            name = f"lr-{type(optimizer).__name__}"
+            configs.append({"scheduler": schedules, "interval": "step", "name": name})
+        if not configs:
+            return optimizer
+        if len(configs) == 1 and schedules is None:
+            return {"optimizer": optimizer, "lr_scheduler": configs[0]}
+        return [optimizer], configs
+
+    def build_group_schedules(
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None
+    ) -> GroupSchedules | None:
+        """The groups' own schedules (``schedule:`` in a rule) on ``optimizer``, given the
+        optimizer steps per epoch; ``None`` when no group has one
+        (``groupwise.optim.group_schedule``)."""
+        if not scheduled_indices(optimizer):
+            return None
+        return GroupSchedules(optimizer, steps_per_epoch)
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, length: int | None, check_length: bool = True
@@ -320,6 +350,7 @@ class Classifier(LightningModule):
     ) -> tuple[Any, list[str]]:
         """``build_scheduler``'s scheduler, and the names of its arguments filled from the
         run's length."""
+        optimizer = self._followers(optimizer)
         ratios = group_ratios(optimizer)
         overrides = fill_length(self.scheduler, length, self.scheduler_interval)
         scaled = scaled_bounds(self.scheduler, optimizer)
@@ -331,6 +362,22 @@ class Classifier(LightningModule):
         if check_length:
             check_length_against_run(scheduler, length, self.scheduler_interval)
         return scheduler, sorted(overrides.keys() - scaled.keys())
+
+    @staticmethod
+    def _followers(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """What the run's scheduler is built on: the optimizer, or where some groups have a
+        schedule of their own, a ``GroupsView`` of the others."""
+        scheduled = scheduled_indices(optimizer)
+        if not scheduled:
+            return optimizer
+        others = [i for i in range(len(optimizer.param_groups)) if i not in scheduled]
+        if not others:
+            raise ConfigError(
+                "model.scheduler is set, but every parameter group has a schedule of its own "
+                "(schedule: in its rule), so it would act on no group: set model.scheduler: "
+                "null, or leave some group to it"
+            )
+        return GroupsView(optimizer, others)
 
     def on_train_start(self) -> None:
         # After Lightning restored the scheduler's state (restore_training_state).

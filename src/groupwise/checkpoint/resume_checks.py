@@ -50,6 +50,7 @@ from groupwise.checkpoint.compat import (
 )
 from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.optim.combined import class_path
+from groupwise.optim.group_view import OnGroups
 from groupwise.optim.per_group import template
 
 
@@ -197,6 +198,8 @@ class ResumeChecks:
         """``extend_schedule``: stretch the restored scheduler to the new length, once."""
         if self.stretch_to is not None:
             scheduler = trainer.lr_scheduler_configs[0].scheduler
+            if isinstance(scheduler, OnGroups):  # the run's, on the groups that follow it
+                scheduler = scheduler.scheduler
             before = scheduler.total_steps
             start, factor = scheduler.stretch(self.stretch_to)
             rank_zero_info(
