@@ -192,15 +192,16 @@ def test_a_muon_group_on_its_own_schedule(data_dir, tmp_path):
     assert {"lr-Muon/filters", "lr-SGD/rest"} <= set(events.Tags()["scalars"])
 
 
-def test_ddp_ranks_follow_the_same_group_schedule_and_freeze_together(data_dir, tmp_path):
-    """Two CPU processes (batches of 10 per rank: 3 steps per epoch): every rank's lrs are
-    the same at every step. A parameter that stops requiring a gradient after DDP wrapped
-    the net needs DDP's unused-parameter detection (plain `ddp` stops with DDP's error
-    naming this strategy)."""
+def test_ddp_ranks_follow_the_same_group_schedule_past_its_end(data_dir, tmp_path):
+    """Two CPU processes under plain `ddp` (batches of 10 per rank: 3 steps per epoch):
+    every rank's lrs are the same at every step, and the run goes on past the end of a
+    `freeze_at_end` schedule: under DDP the group keeps its gradient at lr 0 (a parameter
+    that stopped requiring a gradient after DDP wrapped the net stopped plain `ddp` with
+    DDP's unused-parameter error at the first step after the end)."""
     spec = {"class_path": "fault_injection.RecordGroupLRs", "init_args": {"out": str(tmp_path)}}
     args = [
         *RECIPE, *quick(data_dir, tmp_path, "--data.batch_size", "10"),
-        "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2",
         f"--trainer.callbacks+={json.dumps(spec)}",
     ]  # fmt: skip
     done = groupwise("fit", *args)

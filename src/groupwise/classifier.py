@@ -306,7 +306,11 @@ class Classifier(LightningModule):
         self.resume_checks.check_settings(self, optimizer, options, scheduler, from_trainer)
         schedules = None
         if scheduled_indices(optimizer):
-            schedules = self.build_group_schedules(optimizer, steps_per_epoch(self.trainer))
+            # under DDP a frozen parameter fails the reducer: lr 0 there (GroupSchedules)
+            freeze = self.trainer.world_size == 1
+            schedules = self.build_group_schedules(
+                optimizer, steps_per_epoch(self.trainer), freeze=freeze
+            )
         if schedules is not None:
             check_lengths(schedules, run_length(self.trainer, "step"))
             # stepped after every optimizer step; logged under the same tags as the run's
@@ -320,14 +324,14 @@ class Classifier(LightningModule):
         return [optimizer], configs
 
     def build_group_schedules(
-        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None, freeze: bool = True
     ) -> GroupSchedules | None:
         """The groups' own schedules (``schedule:`` in a rule) on ``optimizer``, given the
         optimizer steps per epoch; ``None`` when no group has one
         (``groupwise.optim.group_schedule``)."""
         if not scheduled_indices(optimizer):
             return None
-        return GroupSchedules(optimizer, steps_per_epoch)
+        return GroupSchedules(optimizer, steps_per_epoch, freeze)
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, length: int | None, check_length: bool = True

@@ -216,14 +216,21 @@ class GroupSchedules(OnGroups):
     parameters get ``requires_grad=False``, so backward computes no gradient for them and
     the optimizer skips them (no update, no weight decay, no momentum). This is applied
     after each step and after ``load_state_dict`` (a resume past the end freezes them
-    again), and undone for a curve that has not ended.
+    again), and undone for a curve that has not ended. With ``freeze=False`` (the
+    Classifier passes it under DDP, whose reducer expects a gradient for every parameter
+    it wrapped: a parameter that stops requiring one fails plain ``ddp``'s next step) the
+    group keeps its gradient and its lr stays 0: the same weights, without the saving.
 
     Args:
         optimizer: the run's optimizer; its groups' ``schedule`` keys hold the specs.
         steps_per_epoch: optimizer steps per epoch (for lengths in ``epochs``).
+        freeze: apply ``freeze_at_end`` (``False``: lr 0 only).
     """
 
-    def __init__(self, optimizer: Optimizer, steps_per_epoch: int | None) -> None:
+    def __init__(
+        self, optimizer: Optimizer, steps_per_epoch: int | None, freeze: bool = True
+    ) -> None:
+        self.freeze = freeze
         indices = scheduled_indices(optimizer)
         groups = [optimizer.param_groups[i] for i in indices]
         names = [group.get("name", f"pg{i}") for i, group in zip(indices, groups, strict=True)]
@@ -257,6 +264,8 @@ class GroupSchedules(OnGroups):
         ]
 
     def _apply_freeze(self) -> None:
+        if not self.freeze:
+            return
         frozen = set(self.frozen())
         for name, group in zip(self.names, self.view.param_groups, strict=True):
             if group[SCHEDULE_KEY]["freeze_at_end"]:
