@@ -3,7 +3,7 @@
 Run from the repository root:
 
     .venv/bin/python scripts/bench_muon_ns.py [--shapes 128x576 256x2304] [--ns-steps 3]
-        [--dtypes bfloat16 float32] [--repeats 20]
+        [--dtypes bfloat16 float32] [--repeats 20] [--threads N]
 
 For each matrix shape (``out x in*kh*kw``, a flattened conv filter: 128 x 576 is a 3x3
 conv from 64 to 128 channels, 256 x 2304 one of airbench94's 256-channel filters) and
@@ -84,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ns-steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtypes = [getattr(torch, name) for name in args.dtypes]
     print(machine_line())
     print(f"Newton-Schulz, {args.ns_steps} iterations, best / median of {args.repeats} calls")
