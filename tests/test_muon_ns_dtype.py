@@ -15,6 +15,7 @@ import pytest
 import torch
 from cli_run import load, quick
 from test_per_group_optimizer import write_config
+from timm.optim.muon import muon as timm_muon
 from timm.optim.muon import zeropower_via_newtonschulz
 
 from groupwise.cli import run
@@ -113,6 +114,25 @@ def test_auto_on_a_fast_device_is_exactly_torch_optim_muon_s_bfloat16_step(monke
         ours.grad, theirs.grad = grad.clone(), grad.clone()
         a.step()
         b.step()
+    assert torch.equal(ours, theirs)
+
+
+def test_bfloat16_is_exactly_the_timm_update_muon_called_before_ns_dtype(monkeypatch):
+    """In bfloat16 the step is timm's functional ``muon`` (flatten mode, which Muon called
+    before it had ``ns_dtype``) bit for bit: nothing changed where bfloat16 is chosen."""
+    monkeypatch.setattr(muon_module, "cpu_has_fast_bfloat16", lambda: True)
+    torch.manual_seed(4)
+    ours = torch.nn.Parameter(torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last))
+    theirs, buffer = ours.detach().clone(), torch.zeros(8, 4, 3, 3)
+    options = {"lr": 0.08, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01, "ns_steps": 3}
+    optimizer = Muon([ours], **options)
+    for _ in range(3):
+        grad = torch.randn(8, 4, 3, 3)
+        ours.grad = grad.clone()
+        optimizer.step()
+        timm_muon([theirs], [grad], [buffer], **options, ns_coefficients="original", eps=1e-7,
+                  safety_factor=1.0, adjust_lr_fn="original", conv_mode="flatten",
+                  normalize_spatial=False, scale_eps=False)  # fmt: skip
     assert torch.equal(ours, theirs)
 
 
