@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from groupwise.optim import Muon, ParamGroupError, build_optimizer
+from groupwise.optim.muon import DEFAULT_NS_COEFFICIENTS, NS_PRESETS
 
 A, B, C = 3.4445, -4.7750, 2.0315  # Keller Jordan's coefficients (torch.optim.Muon's)
 
@@ -156,3 +157,14 @@ def test_the_no_decay_half_of_a_muon_rule_is_refused_with_a_hint():
         ParamGroupError, match=r"'convs.no_decay' uses Muon.*0\.bias.*no_decay_split"
     ):
         build_optimizer(net, rules, torch.optim.SGD, no_decay_split=True)
+
+
+def test_timm_s_private_preset_table_still_names_the_coefficients():
+    """``ns_coefficients`` preset names resolve through timm's private ``_COEFFICIENTS``
+    (``groupwise.optim.muon.NS_PRESETS``): this fails if a timm release renames it."""
+    assert {"original", "quintic", "polar_express"} <= set(NS_PRESETS)
+    assert NS_PRESETS["original"] == [DEFAULT_NS_COEFFICIENTS]
+    torch.manual_seed(5)
+    param, grad = torch.randn(6, 10), torch.randn(6, 10)
+    by_name = one_step(param, grad, ns_coefficients="original", ns_dtype="float32")
+    assert torch.equal(by_name, one_step(param, grad, ns_dtype="float32"))

@@ -17,9 +17,9 @@ What is used, and what is written here:
   weight decay, lr adjustment by shape) in flatten mode on every parameter of the group,
   with no fallback, built from timm's public pieces: ``zeropower_via_newtonschulz`` (the
   iteration, with its ``dtype``), ``get_lr_scale`` and ``resolve_ns_coefficients``. The
-  preset names of the coefficients are timm's ``_COEFFICIENTS`` (read, never changed;
-  ``tests/test_muon.py`` fails if timm renames it). timm's functional ``muon`` is not
-  called because it always iterates in bfloat16.
+  preset names of the coefficients are timm's private ``_COEFFICIENTS`` (read, never
+  changed; ``tests/test_muon.py`` fails if timm renames it). timm's functional ``muon`` is
+  not called because it always iterates in bfloat16.
 - Written here: the refusal of parameters with fewer than 2 dimensions at construction
   (and in ``add_param_group``), naming the parameter and its shape; defaults equal to
   ``torch.optim.Muon``'s; ``normalize_weights``, airbench94_muon's rescaling of each
@@ -36,9 +36,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from timm.optim.muon import _COEFFICIENTS as NS_PRESETS
+from timm.optim import muon as timm_muon
 from timm.optim.muon import get_lr_scale, resolve_ns_coefficients, zeropower_via_newtonschulz
 from torch.optim import Optimizer
+
+# timm's coefficient presets by name ("original", "quintic", "polar_express", ...): a
+# private table, only read; should a timm release rename it, only preset names fail (as
+# unknown presets), and tests/test_muon.py says so
+NS_PRESETS: Mapping[str, Any] = getattr(timm_muon, "_COEFFICIENTS", {})
 
 # Keller Jordan's quintic coefficients, torch.optim.Muon's default (timm's "original").
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
