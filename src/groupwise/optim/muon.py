@@ -26,7 +26,7 @@ What is used, and what is written here:
   filter to norm ``sqrt(out_channels)`` before every step, which neither library has; and
   ``ns_dtype``, the iteration's dtype by what the device computes fast (both libraries
   iterate in bfloat16 everywhere, which a CPU without bfloat16 instructions emulates at
-  about 20x float32's time: ``scripts/bench_muon_ns.py``).
+  18-48x float32's time on an AVX2-only AMD EPYC: ``scripts/bench_muon_ns.py``).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class Muon(Optimizer):
             capability 8.0 or newer, a CPU with AVX512-BF16, AMX or ARM BF16), float32
             otherwise; ``"bfloat16"`` (timm's and ``torch.optim.Muon``'s choice everywhere)
             or ``"float32"`` to override it. ``auto`` is decided once per device by each
-            optimizer, at its first step there. Not state: no checkpoint records it, so a
+            optimizer, at its first use there (the group table or the first step). Not state: no checkpoint records it, so a
             resume on another machine may iterate in another dtype.
     """
 
