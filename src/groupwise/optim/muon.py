@@ -136,8 +136,9 @@ class Muon(Optimizer):
             capability 8.0 or newer, a CPU with AVX512-BF16, AMX or ARM BF16), float32
             otherwise; ``"bfloat16"`` (timm's and ``torch.optim.Muon``'s choice everywhere)
             or ``"float32"`` to override it. ``auto`` is decided once per device by each
-            optimizer, at its first use there (the group table or the first step). Not state: no checkpoint records it, so a
-            resume on another machine may iterate in another dtype.
+            optimizer, at its first use there (the group table or the first step). Not
+            state: no checkpoint records it, so a resume on another machine may iterate
+            in another dtype.
     """
 
     def __init__(
