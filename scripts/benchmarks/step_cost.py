@@ -7,8 +7,8 @@ On random images (no data needed), with the fast recipes' net (``FastNet``, widt
   ``--iterations`` passes after 3 warm-up passes, then the median over ``--repeats``
   rounds, the batch sizes in rotating order);
 * one ``optimizer.step()`` on the 7 convolution filters: ``groupwise.optim.Muon`` as
-  ``configs/fast_muon.yaml`` sets it (Newton-Schulz in bfloat16, 3 iterations, weight
-  normalisation) against Nesterov ``torch.optim.SGD``.
+  ``configs/fast_muon.yaml`` sets it (Newton-Schulz in the dtype ``ns_dtype: auto`` picks
+  on this CPU, 3 iterations, weight normalisation) against Nesterov ``torch.optim.SGD``.
 
 Why it exists: it tells whether a recipe's time goes into the optimizer or into the
 batch size's cost per image (``docs/recipes.md``, "Muon on the filters").

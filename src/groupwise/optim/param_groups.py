@@ -702,16 +702,32 @@ def describe_optimizer(
 ) -> list[dict[str, Any]]:
     """``describe`` of a built optimizer; with an optimizer per group (a
     ``CombinedOptimizer``) each group is compared with its own optimizer's defaults and the
-    ``optimizer`` column names it."""
+    ``optimizer`` column names it. An optimizer with a ``describe_group(group)`` method
+    (``Muon``: its Newton-Schulz dtype) gets that column too, its text in brackets after
+    the class name: ``Muon (ns float32)``."""
     children = getattr(optimizer, "group_optimizers", None)
     if children is None:
-        return describe(optimizer.param_groups, optimizer.defaults, names)
+        labels = None
+        if hasattr(optimizer, "describe_group"):
+            labels = [optimizer_label(optimizer, group) for group in optimizer.param_groups]
+        return describe(optimizer.param_groups, optimizer.defaults, names, labels)
     return describe(
         optimizer.param_groups,
         [child.defaults for child in children],
         names,
-        [type(c).__name__ for c in children],
+        [
+            optimizer_label(child, group)
+            for child, group in zip(children, optimizer.param_groups, strict=True)
+        ],
     )
+
+
+def optimizer_label(optimizer: Any, group: Mapping[str, Any]) -> str:
+    """The class name of ``optimizer``, with what its ``describe_group(group)`` says (if it
+    has that method) in brackets."""
+    describe_group = getattr(optimizer, "describe_group", None)
+    note = f" ({describe_group(group)})" if describe_group is not None else ""
+    return type(optimizer).__name__ + note
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
