@@ -14,4 +14,5 @@ REGISTRY: dict[str, str] = {
     "host_memory": "benchmarks.host_memory",
     "group_stats": "benchmarks.group_stats",
     "step_cost": "benchmarks.step_cost",
+    "muon_ns": "benchmarks.muon_ns",
 }

@@ -26,7 +26,7 @@ What is used, and what is written here:
   filter to norm ``sqrt(out_channels)`` before every step, which neither library has; and
   ``ns_dtype``, the iteration's dtype by what the device computes fast (both libraries
   iterate in bfloat16 everywhere, which a CPU without bfloat16 instructions emulates at
-  18-48x float32's time on an AVX2-only AMD EPYC: ``scripts/bench_muon_ns.py``).
+  18-48x float32's time on an AVX2-only AMD EPYC: ``bash scripts/bench.sh muon_ns``).
 """
 
 from __future__ import annotations

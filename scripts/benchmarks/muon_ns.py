@@ -1,9 +1,7 @@
 """Muon's Newton-Schulz iteration in bfloat16 against float32, on this machine's CPU.
 
-Run from the repository root:
-
-    .venv/bin/python scripts/bench_muon_ns.py [--shapes 128x576 256x2304] [--ns-steps 3]
-        [--dtypes bfloat16 float32] [--repeats 20] [--threads N]
+Run: ``bash scripts/bench.sh muon_ns [--shapes 128x576 256x2304] [--ns-steps 3]
+[--dtypes bfloat16 float32] [--repeats 20] [--threads N]`` (CPU only).
 
 For each matrix shape (``out x in*kh*kw``, a flattened conv filter: 128 x 576 is a 3x3
 conv from 64 to 128 channels, 256 x 2304 one of airbench94's 256-channel filters) and
@@ -13,10 +11,10 @@ the cast into the dtype, ``--ns-steps`` iterations (``configs/fast_muon.yaml``'s
 dtypes alternate call by call (after ``--warmup`` calls of each), so a machine that slows
 down slows every dtype alike. Reported per shape and dtype: best and median of
 ``--repeats`` calls, each also over float32's (on a loaded machine the best is the
-steadier figure). The first line names the machine:
-CPU model, torch's CPU capability, the CPU's bfloat16 instructions as torch sees them
-(``torch.cpu.get_capabilities()``), torch's thread count, and what ``Muon``'s
-``ns_dtype: auto`` picks here.
+steadier figure). Its first line names torch's CPU capability, the CPU's bfloat16
+instructions as torch sees them (``torch.cpu.get_capabilities()``), torch's thread count,
+and what ``Muon``'s ``ns_dtype: auto`` picks here (the harness's machine line comes before
+it).
 
 Why it exists: without bfloat16 instructions (AVX2 only), torch computes bfloat16
 matrix products in a slow generic kernel, so Muon's bfloat16 default can cost more than
@@ -33,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from timm.optim.muon import zeropower_via_newtonschulz
 
+from benchmarks.harness import Record
 from groupwise.optim.muon import DEFAULT_NS_COEFFICIENTS, auto_ns_dtype
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
@@ -76,8 +75,7 @@ def time_newton_schulz(
     return seconds
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", type=shape, nargs="+", default=[(128, 576), (256, 2304)])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
                         choices=["bfloat16", "float32"])  # fmt: skip
@@ -85,28 +83,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, record: Record) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     dtypes = [getattr(torch, name) for name in args.dtypes]
     print(machine_line())
-    print(f"Newton-Schulz, {args.ns_steps} iterations, best / median of {args.repeats} calls")
     torch.manual_seed(0)
+    rows_out = []
     for rows, columns in args.shapes:
         matrix = torch.randn(rows, columns)
         seconds = time_newton_schulz(matrix, dtypes, args.ns_steps, args.repeats, args.warmup)
+        record.add(
+            f"{rows}x{columns}", {str(d).removeprefix("torch."): s for d, s in seconds.items()}
+        )
         base = torch.float32 if torch.float32 in seconds else dtypes[0]
         best, median = min(seconds[base]), statistics.median(seconds[base])
-        base_name = str(base).removeprefix("torch.")
         for dtype, values in seconds.items():
-            name = str(dtype).removeprefix("torch.")
-            print(
-                f"  {rows} x {columns} {name:>8}: best {min(values) * 1e3:8.2f} ms "
-                f"({min(values) / best:5.2f}x {base_name}'s), median "
-                f"{statistics.median(values) * 1e3:8.2f} ms "
-                f"({statistics.median(values) / median:5.2f}x)"
-            )
-
-
-if __name__ == "__main__":
-    main()
+            rows_out.append([
+                f"{rows} x {columns}", str(dtype).removeprefix("torch."),
+                f"{min(values) * 1e3:.2f}", f"{min(values) / best:.2f}x",
+                f"{statistics.median(values) * 1e3:.2f}",
+                f"{statistics.median(values) / median:.2f}x",
+            ])  # fmt: skip
+    base_name = "float32" if "float32" in args.dtypes else args.dtypes[0]
+    record.table(
+        f"Newton-Schulz, {args.ns_steps} iterations, best / median of {args.repeats} calls",
+        ["shape", "dtype", "best ms", f"vs {base_name}", "median ms", f"vs {base_name}"],
+        rows_out,
+    )
