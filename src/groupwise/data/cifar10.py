@@ -287,6 +287,29 @@ class CIFAR10DataModule(L.LightningDataModule):
         from the files without decoding (``cifar10_files.count_images``)."""
         return count_images(self.data_dir, "train") - self.val_size
 
+    def train_sample(self, count: int) -> torch.Tensor:
+        """``count`` training images as float32, normalised as training batches are but not
+        augmented: the first ``count`` of a permutation of the training split seeded with
+        ``seed`` (the same in every process and every run with that seed). A uniform
+        sample, not the first files: the image-folder layout lists them class by class.
+        For data-dependent inits (``groupwise.callbacks.WhiteningInit``); needs
+        ``setup("fit")`` and the batched path (no ``train_transform``)."""
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before asking for training images")
+        if self.train_transform is not None:
+            raise ConfigError(
+                "a sample of normalised training images needs the batched path; with"
+                " data.train_transform the training images go through that transform instead"
+            )
+        images = self.train_set.tensors[0]
+        if not 0 < count <= len(images):
+            raise ConfigError(
+                f"asked for {count} training images; the training split has {len(images)}"
+                f" (data.val_size {self.val_size} held out)"
+            )
+        order = seeded_permutation(len(images), self.seed)[:count]
+        return normalize(images.index_select(0, order), CIFAR10_MEAN, CIFAR10_STD)
+
     # ---- Lightning's data hooks --------------------------------------------------------
 
     def prepare_data(self) -> None:
