@@ -7,10 +7,15 @@ merged (``airbench_recipe.recipe_config``)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from airbench_recipe import AIRBENCH, TINY, recipe_config
 from cli_run import load, quick, scalars
+from host_reads import HostReads
+from test_host_sync import STEPS as HOST_SYNC_STEPS
+from test_host_sync import fit_args, writes_or_shows
 
 from groupwise.cli import run
 
@@ -93,3 +98,28 @@ def test_the_shipped_file_has_the_benchmarks_numbers():
         "end_factor": 0.0,
         "freeze_at_end": True,
     }
+
+
+def test_ordinary_training_steps_of_the_recipe_make_no_host_read(data_dir, tmp_path):
+    """tests/test_host_sync.py's check on this recipe: Muon, the summed loss, the reflect
+    crop and the alternating flip read nothing on the host and make no tensor from Python
+    data in an ordinary step (15 steps of 4 images an epoch, 2 epochs)."""
+    windows = json.dumps({"class_path": "host_reads.StepWindows"})
+    config = recipe_config(tmp_path / "airbench.yaml")
+    with HostReads() as seen:
+        cli = run(
+            ["fit", "--config", str(config)]
+            + fit_args(data_dir, tmp_path, *TINY, f"--trainer.callbacks+={windows}")
+        )
+    assert cli.trainer.global_step == HOST_SYNC_STEPS
+    redraws = {w[1] for w in seen.redraws if w[0] == "step"}
+    allowed = {s for s in range(HOST_SYNC_STEPS) if writes_or_shows(s)} | redraws
+    ordinary = set(range(HOST_SYNC_STEPS)) - allowed
+    assert len(ordinary) >= 10, sorted(ordinary)
+    reads, made = seen.steps_with(seen.reads), seen.steps_with(seen.made)
+    where = json.dumps(seen.where, indent=1)
+    assert {s: n for s, n in reads.items() if s in ordinary} == {}, where
+    assert {s: n for s, n in made.items() if s in ordinary} == {}, where
+    assert seen.steps_with(seen.reads, "augment") == {}, where
+    assert seen.steps_with(seen.made, "augment") == {}, where
+    assert {9, 19, 29} <= set(reads), where  # it sees the reads that are due
