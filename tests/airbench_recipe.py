@@ -18,14 +18,17 @@ AIRBENCH = ROOT / "configs" / "airbench94.yaml"
 TINY = ["--model.net.init_args.widths", "[8, 16, 16]"]
 
 
-def recipe_config(path: Path, images: int = 30, whitening: str | None = None) -> Path:
+def recipe_config(
+    path: Path, images: int = 30, whitening: str | None = None, schedule: bool = False
+) -> Path:
     """configs/airbench94.yaml with WhiteningInit on ``images`` images (the fabricated data
-    has 60 training images), its class path ``whitening`` where given, and the rules'
-    ``schedule`` key dropped: the per-group schedule is another branch's work (issue 22,
-    section 1), refused by the code until it is merged."""
+    has 60 training images), its class path ``whitening`` where given, and unless
+    ``schedule`` the rules' ``schedule`` key dropped: the per-group schedule is another
+    branch's work (issue 22, section 1), refused by the code until it is merged."""
     config = yaml.safe_load(AIRBENCH.read_text())
     for rule in config["model"]["param_groups"]:
-        rule.pop("schedule", None)
+        if not schedule:
+            rule.pop("schedule", None)
     (callback,) = config["trainer"]["callbacks"]
     callback["init_args"]["images"] = images
     if whitening:
@@ -85,3 +88,17 @@ class StopAfterEpoch(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+
+
+class RecordWhitenBias(Callback):
+    """Keeps ``net.whiten.bias`` after every optimizer step: ``biases[s]`` is its value
+    after step ``s``, ``biases[-1]`` (key -1) before the first."""
+
+    def __init__(self) -> None:
+        self.biases: dict[int, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.biases[-1] = pl_module.net.whiten.bias.detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.biases[trainer.global_step - 1] = pl_module.net.whiten.bias.detach().clone()
