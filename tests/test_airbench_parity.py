@@ -115,14 +115,11 @@ def script_training(
 
 
 def fit_both(data_dir, tmp_path, steps: int, dtype: torch.dtype, ns_dtype: str | None):
-    """The recipe's model fitted for ``steps`` steps by Lightning, the script's loop on a copy
-    of its net; their nets' state dicts, and the state before."""
-    config = recipe_config(tmp_path / "airbench.yaml")
-    if ns_dtype is not None:
-        text = config.read_text()
-        config.write_text(
-            text.replace("ns_steps: 3", f"ns_steps: 3\n          ns_dtype: {ns_dtype}")
-        )
+    """The recipe's model fitted for ``steps`` steps by Lightning and the script's loop on a
+    copy of its net (Newton-Schulz in ``dtype``; the recipe's Muon with ``ns_dtype`` where
+    given); their nets' state dicts, after checking that every group trained."""
+    muon = {} if ns_dtype is None else {"ns_dtype": ns_dtype}
+    config = recipe_config(tmp_path / "airbench.yaml", muon=muon)
     args = quick(data_dir, tmp_path, *TINY, "--model.channels_last", "false")
     model = run(["--config", str(config), *args], run=False).model
     script_net = copy.deepcopy(model.net)
