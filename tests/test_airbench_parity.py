@@ -10,7 +10,12 @@ augmentation), through Lightning against the script's loop written out here.
   on this net's first step the filters differ by up to 0.0033 = 0.0137 x lr.
 - Four steps (two epochs of two batches: the lr falls as L403), Newton-Schulz in float32
   on both sides, where groupwise's Muon takes ``ns_dtype`` (issue 22, section 3; skipped
-  before): every parameter and statistic equal to float32 rounding.
+  before): every parameter and statistic within 1e-4. The two Muons round differently
+  (timm's momentum is a lerp, a buffer 0.4x the script's), by about 1e-7 a step; the
+  whitening bias's gradient, summed over every pixel, and the first conv's
+  Newton-Schulz, which lifts its matrix's weak directions, carry that to 6e-6 and 5e-5
+  after four steps, everything else stays within 5e-7 (run on a merge of the muon
+  branch, 2026-12-06; ``eps`` 0 on both sides changes none of it).
 
 The script's code below (``zeropower_via_newtonschulz5``, ``Muon``, the optimizer set-up
 and the loop) is copied from airbench94_muon.py (github KellerJordan/cifar10-airbench, MIT
@@ -166,4 +171,4 @@ def test_one_step_of_the_recipe_is_the_scripts(data_dir, tmp_path):
 def test_four_steps_of_the_recipe_are_the_scripts_in_float32(data_dir, tmp_path):
     ours, theirs = fit_both(data_dir, tmp_path, STEPS, torch.float32, "float32")
     for name, value in ours.items():
-        torch.testing.assert_close(value, theirs[name], msg=name)
+        torch.testing.assert_close(value, theirs[name], rtol=1e-4, atol=1e-4, msg=name)
