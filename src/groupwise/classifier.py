@@ -37,6 +37,7 @@ from groupwise.checkpoint.compat import (
     training_settings,
 )
 from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
+from groupwise.data.tta import TTALevel, tta_level, tta_logits
 from groupwise.errors import ConfigError
 from groupwise.optim.combined import class_path
 from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
@@ -45,7 +46,6 @@ from groupwise.optim.per_group import build_groups, build_optimizer, template
 from groupwise.optim.schedule_length import check_length as check_length_against_run
 from groupwise.optim.schedule_length import fill_length, run_length
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
-from groupwise.tta import TTALevel, tta_level, tta_logits
 
 
 def schedule_end(probe: Any, state: dict[str, Any]) -> str:
@@ -90,7 +90,7 @@ class Classifier(LightningModule):
             are the mean of the net's logits on the images and on their left-right mirror
             images; loss, accuracy and the returned logits are those averaged logits.
             Training is unaffected. The same as ``tta: mirror``.
-        tta: the test-time augmentation level (``groupwise.tta``, airbench94's): ``none``,
+        tta: the test-time augmentation level (``groupwise.data.tta``, airbench94's): ``none``,
             ``mirror`` (as ``tta_flip``) or ``mirror_translate`` (mirror, plus the mirror
             of the images moved one pixel each way over their reflection). ``None``:
             ``mirror`` with ``tta_flip: true``, else ``none``.
@@ -216,7 +216,7 @@ class Classifier(LightningModule):
 
     def _logits(self, images: torch.Tensor, tta: str) -> torch.Tensor:
         """The net's logits averaged over the views of the TTA level ``tta``
-        (``groupwise.tta``; ``"none"``: the net's logits)."""
+        (``groupwise.data.tta``; ``"none"``: the net's logits)."""
         return tta_logits(self, images, tta)
 
     def _loss(
