@@ -42,11 +42,14 @@ def groupwise(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment a `groupwise` subprocess gets: ours, tests/ importable for fault
-    injection, no cluster variables of the machine running the tests and no
-    ``GROUPWISE_DEBUG``, plus ``extra``."""
+    injection, this checkout's package, no cluster variables of the machine running the
+    tests and no ``GROUPWISE_DEBUG``, plus ``extra``."""
     drop = ("SLURM_", "TORCHELASTIC_", "GROUPWISE_DEBUG")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    return dict(env, PYTHONPATH=str(ROOT / "tests"), **extra)
+    # src/ too: the package of this checkout, not the one the environment has installed
+    # (an editable install points to another checkout's src/)
+    path = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])
+    return dict(env, PYTHONPATH=path, **extra)
 
 
 def free_port() -> int:

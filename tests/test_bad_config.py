@@ -5,7 +5,7 @@ Two kinds of error, both found before anything is written:
 - the parser's (jsonargparse, through LightningCLI): unknown keys, wrong types, unknown
   classes, broken YAML. Usage and the error go to stderr, exit code 2.
 - the model's (parameter groups, scheduler milestones): ``fit`` builds the optimizer and
-  scheduler once before the trainer exists (``groupwise.preflight``), so no
+  scheduler once before the trainer exists (``groupwise.cli.preflight``), so no
   ``lightning_logs/version_N/`` is made. ``tests/test_user_errors.py`` reads what the
   ``groupwise`` command prints for them.
 """

@@ -12,6 +12,7 @@ from conv_head_net import Net
 from torch import nn
 
 from groupwise.optim import CombinedOptimizer, Muon, ParamGroupError, build_optimizer
+from groupwise.optim import muon as muon_module
 from groupwise.optim.param_groups import describe_optimizer
 
 # YAML order interleaves the optimizers: SGD, Muon, AdamW, then the default group (SGD).
@@ -251,12 +252,13 @@ def test_lbfgs_and_shared_parameters_are_refused():
         CombinedOptimizer([torch.optim.SGD([a], lr=0.1), Muon([a])])
 
 
-def test_the_group_table_names_each_group_s_optimizer():
+def test_the_group_table_names_each_group_s_optimizer(monkeypatch):
+    monkeypatch.setattr(muon_module, "cpu_has_fast_bfloat16", lambda: False)
     _, optimizer = build()
     rows = describe_optimizer(optimizer)
     assert [(r["name"], r["optimizer"], r["momentum"]) for r in rows] == [
         ("norm", "SGD", 0.9),
-        ("filters", "Muon", 0.6),
+        ("filters", "Muon (ns float32)", 0.6),  # and its Newton-Schulz dtype
         ("head_w", "AdamW", "-"),
         ("default", "SGD", 0.9),
     ]

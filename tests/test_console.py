@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groupwise.cli import run
-from groupwise.console import (
+from groupwise.runtime.console import (
     QUIET_LOGS,
     QUIET_WARNINGS,
     QuietLogs,

@@ -13,7 +13,7 @@ split later are covered without editing this file. In them, fenced code blocks:
   lenet.yaml); if it builds on none, the test shows each one's error. "Builds" means: the
   CLI parses it and instantiates the model, data module and trainer with every callback,
   the optimizer's parameter groups and the scheduler are built and checked as ``fit``
-  checks them before it starts (``groupwise.preflight``), and the net maps a batch of two
+  checks them before it starts (``groupwise.cli.preflight``), and the net maps a batch of two
   images to ``num_classes`` logits.
 - ```` ```bash ```` / ``sh`` / ``shell`` / ``console``: each command (continuation lines
   joined, comments dropped) whose program is ``groupwise``, ``python``/``.venv/bin/python``,
@@ -41,7 +41,7 @@ from cli_run import GROUPWISE, LENET, ROOT, quick
 from fake_cifar import write_python_layout
 
 from groupwise.cli import run
-from groupwise.preflight import check_before_fit
+from groupwise.cli.preflight import check_before_fit
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 BASES = [ROOT / "configs" / name for name in ("lenet.yaml", "fast.yaml", "resnet18.yaml")]

@@ -2,7 +2,7 @@
 
 glibc's adaptive thresholds hand the freed activations of each step back to the kernel and
 map them afresh in the next: thousands of minor page faults per FastNet step at batch 128
-(``groupwise.host_memory``). The fits run as a user runs them (``groupwise fit`` in a
+(``groupwise.runtime.host_memory``). The fits run as a user runs them (``groupwise fit`` in a
 subprocess: the thresholds are per process and cannot be unset), one epoch of 1,980
 fabricated training images in batches of 128 (16 steps), logging every 50 steps (so no
 step in it logs); the faults are counted from the start of one step to the start of the
@@ -20,7 +20,7 @@ import pytest
 from cli_run import ROOT, groupwise, quick
 from fake_cifar import write_image_folder
 
-from groupwise.host_memory import allocator_configured
+from groupwise.runtime.host_memory import allocator_configured
 
 FAST = str(ROOT / "configs" / "fast.yaml")
 PROBE = json.dumps({"class_path": "page_faults.StepFaults"})

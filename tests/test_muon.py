@@ -1,6 +1,7 @@
 """groupwise.optim.Muon: one step against a hand-computed Newton-Schulz reference for a
-2-D weight and a 4-D conv filter, torch.optim.Muon's update on 2-D weights, and the
-refusal of 1-D parameters."""
+2-D weight and a 4-D conv filter (in bfloat16 and float32), torch.optim.Muon's update on
+2-D weights, and the refusal of 1-D parameters. ``ns_dtype``'s choice:
+tests/test_muon_ns_dtype.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from groupwise.optim import Muon, ParamGroupError, build_optimizer
+from groupwise.optim.muon import DEFAULT_NS_COEFFICIENTS, NS_PRESETS
 
 A, B, C = 3.4445, -4.7750, 2.0315  # Keller Jordan's coefficients (torch.optim.Muon's)
 
@@ -44,13 +46,14 @@ def one_step(param: torch.Tensor, grad: torch.Tensor, **options) -> torch.Tensor
     [(16, 40), (40, 16), (8, 3, 3, 3)],
     ids=["2d", "2d-tall", "4d"],
 )
-def test_one_step_is_the_newton_schulz_of_the_flattened_gradient(shape):
+# bfloat16 has 8 bits of mantissa; float32's iteration is float64's to rounding
+@pytest.mark.parametrize(("ns_dtype", "atol"), [("bfloat16", 0.02), ("float32", 1e-5)])
+def test_one_step_is_the_newton_schulz_of_the_flattened_gradient(shape, ns_dtype, atol):
     torch.manual_seed(0)
     param, grad = torch.randn(shape), torch.randn(shape)
     lr, momentum, wd = 0.05, 0.9, 0.1
-    change = one_step(
-        param, grad, lr=lr, momentum=momentum, nesterov=True, weight_decay=wd, ns_steps=5
-    )
+    options = {"nesterov": True, "weight_decay": wd, "ns_steps": 5, "ns_dtype": ns_dtype}
+    change = one_step(param, grad, lr=lr, momentum=momentum, **options)
     # First step: buf = (1 - m) g; Nesterov u = (1 - m) g + m buf = (1 - m)(1 + m) g, and
     # Newton-Schulz divides by the norm, so the direction is NS(g) of the flattened g.
     u = (1 - momentum) * grad + momentum * (1 - momentum) * grad
@@ -58,9 +61,8 @@ def test_one_step_is_the_newton_schulz_of_the_flattened_gradient(shape):
     scale = math.sqrt(max(1, matrix.shape[0] / matrix.shape[1]))  # adjust_lr_fn "original"
     expected = newton_schulz(matrix, 5).reshape(shape)
     direction = (-(change + lr * wd * param) / (lr * scale)).double()
-    # Muon iterates in bfloat16 (8 bits of mantissa): equal to bfloat16's precision.
-    torch.testing.assert_close(direction, expected, rtol=0, atol=0.02)
-    assert (direction - expected).norm() / expected.norm() < 0.02
+    torch.testing.assert_close(direction, expected, rtol=0, atol=atol)
+    assert (direction - expected).norm() / expected.norm() < atol
     # The flattened update is semi-orthogonal as an (out, in*kh*kw) matrix: its singular
     # values lie near 1 (the quintic iteration leaves them in about [0.7, 1.2]).
     singular = torch.linalg.svdvals(direction.reshape(matrix.shape))
@@ -72,7 +74,8 @@ def test_two_d_update_is_exactly_torch_optim_muon_s():
     ours, theirs = nn.Parameter(torch.randn(12, 30)), nn.Parameter(torch.zeros(12, 30))
     theirs.data.copy_(ours.data)
     options = {"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.1}
-    a, b = Muon([ours], **options), torch.optim.Muon([theirs], **options)
+    # torch.optim.Muon iterates in bfloat16 on every device
+    a, b = Muon([ours], ns_dtype="bfloat16", **options), torch.optim.Muon([theirs], **options)
     for _ in range(3):
         grad = torch.randn(12, 30)
         ours.grad, theirs.grad = grad.clone(), grad.clone()
@@ -139,6 +142,7 @@ def test_a_muon_rule_matching_a_bias_names_it_through_the_model():
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
         ({"ns_steps": 0}, "ns_steps must be >= 1"),
         ({"adjust_lr_fn": "sqrt"}, "adjust_lr_fn must be one of"),
+        ({"ns_dtype": "float16"}, r"ns_dtype must be one of \('auto', 'bfloat16', 'float32'\)"),
     ],
 )
 def test_bad_options_are_named(options, message):
@@ -153,3 +157,14 @@ def test_the_no_decay_half_of_a_muon_rule_is_refused_with_a_hint():
         ParamGroupError, match=r"'convs.no_decay' uses Muon.*0\.bias.*no_decay_split"
     ):
         build_optimizer(net, rules, torch.optim.SGD, no_decay_split=True)
+
+
+def test_timm_s_private_preset_table_still_names_the_coefficients():
+    """``ns_coefficients`` preset names resolve through timm's private ``_COEFFICIENTS``
+    (``groupwise.optim.muon.NS_PRESETS``): this fails if a timm release renames it."""
+    assert {"original", "quintic", "polar_express"} <= set(NS_PRESETS)
+    assert NS_PRESETS["original"] == [DEFAULT_NS_COEFFICIENTS]
+    torch.manual_seed(5)
+    param, grad = torch.randn(6, 10), torch.randn(6, 10)
+    by_name = one_step(param, grad, ns_coefficients="original", ns_dtype="float32")
+    assert torch.equal(by_name, one_step(param, grad, ns_dtype="float32"))

@@ -62,17 +62,50 @@ def project_imports(path) -> set[str]:
     return found
 
 
-TOP = ("groupwise.cli", "groupwise.classifier", "groupwise.trainer")
+TOP = ("groupwise.cli", "groupwise.classifier", "groupwise.trainer", "groupwise.plan")
+
+# What a user meets first; everything else lives in a subpackage named for its role.
+TOP_LEVEL = {"__init__", "__main__", "classifier", "errors", "plan", "trainer"}
+
+
+def test_the_top_level_holds_what_a_user_meets_first():
+    """``cli`` is a package of the CLI's pieces; every other module is in a subpackage
+    named for its role (docs/layout.md)."""
+    assert {p.stem for p in SRC.glob("*.py")} == TOP_LEVEL
+    assert (SRC / "cli" / "__init__.py").is_file()
 
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in SRC.glob("*/*.py")),
+    sorted(p for p in SRC.glob("*/*.py") if p.parent.name != "cli"),
     ids=lambda p: str(p.relative_to(SRC)),
 )
 def test_subpackages_import_nothing_above_them(path):
-    """Dependencies run one way: ``cli`` -> ``trainer``, ``classifier`` -> the subpackages."""
+    """Dependencies run one way: ``cli`` -> ``trainer``, ``classifier`` -> the subpackages;
+    nothing below imports ``cli``, ``classifier``, ``trainer`` or ``plan``."""
     assert [m for m in project_imports(path) if m.startswith(TOP)] == []
+
+
+@pytest.mark.parametrize("path", sorted(SRC.glob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_only_the_cli_and_plan_import_the_cli(path):
+    """The classifier and the trainer are the CLI's parts, not its users; ``plan`` runs the
+    CLI without training and ``__main__`` is ``groupwise.cli.main``."""
+    users = {"plan.py", "__main__.py"}
+    imports_cli = any(m.startswith("groupwise.cli") for m in project_imports(path))
+    assert imports_cli == (path.name in users)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((SRC / "runtime").glob("*.py")) + sorted((SRC / "metrics").glob("*.py")),
+    ids=lambda p: str(p.relative_to(SRC)),
+)
+def test_runtime_and_metrics_import_only_themselves_and_errors(path):
+    """The process-level settings and the metrics are building blocks: they import nothing
+    of the project but their own room and ``errors``."""
+    room = f"groupwise.{path.parent.name}"
+    others = [m for m in project_imports(path) if m != room and not m.startswith(room + ".")]
+    assert [m for m in others if m != "groupwise.errors"] == []
 
 
 def test_errors_imports_nothing_of_the_project():

@@ -156,7 +156,7 @@ def test_weight_decay_split_keeps_group_options():
         (
             [{"name": "x", "modules": ["features"], "betas": [0.9, 0.99]}],
             r"sets 'betas', which the optimizer does not take; valid options: \[.*\], and the "
-            r"rule keys \['lr_scale', 'modules', 'name', 'optimizer', 'params'\]",
+            r"rule keys \['lr_scale', 'modules', 'name', 'optimizer', 'params', 'schedule'\]",
         ),
         (
             [{"name": "x", "modules": ["features"], "lr_scal": 2, "betas": [0.9, 0.99]}],

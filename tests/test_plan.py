@@ -11,6 +11,7 @@ from cli_run import quick, scalars
 from PIL import Image
 
 from groupwise.cli import run
+from groupwise.optim.muon import auto_ns_dtype
 from groupwise.plan import configure, load, lr_rows, lr_schedule, main, plot_lr_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +182,8 @@ def test_script_shows_each_group_s_optimizer(tmp_path):
     out = plan_script("--config", LENET, "--config", str(overlay), *HALVING, "--epochs", "2").stdout
     assert "CombinedOptimizer parameter groups:" in out
     assert re.search(r"name\s+optimizer\s+tensors\s+parameters\s+lr\s+weight_decay\s+momentum", out)
-    assert re.search(r"features\s+Muon\s+2\s+2,850\s+0.02\s+0.1\s+0.95\n", out)
+    ns = str(auto_ns_dtype(torch.device("cpu"))).removeprefix("torch.")  # this CPU's choice
+    assert re.search(rf"features\s+Muon \(ns {ns}\)\s+2\s+2,850\s+0.02\s+0.1\s+0.95\n", out)
     assert re.search(r"classifier\s+SGD\s+6\s+59,134\s+0.1\s+0.0005\s+0.9\n", out)
     assert re.search(r"default\s+SGD\s+2\s+22\s+0.01\s+0.0005\s+0.9\n", out)
     assert re.search(r"\n1\s+0.01\s+0.05\s+0.005\n", out)  # each group halved at epoch 1

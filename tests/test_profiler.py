@@ -5,7 +5,7 @@ from cli_run import LENET, quick
 from lightning.pytorch.profilers import SimpleProfiler
 
 from groupwise.cli import run
-from groupwise.profiler import NoProfiler
+from groupwise.runtime.profiler import NoProfiler
 
 
 def test_the_default_profiler_hands_out_one_shared_no_op_context(data_dir, tmp_path):

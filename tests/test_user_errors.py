@@ -47,7 +47,16 @@ CASES = {
         ["--model.param_groups", '[{"name": "f", "modules": ["features"], "lr_scal": 2}]'],
         "error: parameter group 'f' sets 'lr_scal' (did you mean 'lr_scale'?), which the "
         f"optimizer does not take; valid options: {SGD_OPTIONS}, and the rule keys "
-        "['lr_scale', 'modules', 'name', 'optimizer', 'params']",
+        "['lr_scale', 'modules', 'name', 'optimizer', 'params', 'schedule']",
+    ),
+    "group-schedule": (
+        [
+            "--model.param_groups",
+            '[{"name": "f", "modules": ["features"], '
+            '"schedule": {"shape": "linaer", "epochs": 3}}]',
+        ],
+        "error: parameter group 'f': schedule: shape must be one of ['linear', 'cosine', "
+        "'constant', 'warmup_linear', 'warmup_cosine'], got 'linaer' (did you mean 'linear'?)",
     ),
     "milestones": (
         ["--model.scheduler.init_args.milestones", "[3, 2]"],

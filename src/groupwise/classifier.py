@@ -8,57 +8,26 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from groupwise.accuracy import TrainAccuracy
 from groupwise.callbacks.finite_loss import FiniteLossGuard
-from groupwise.checkpoint.averaged import check_resume_averaging, weights_note
-from groupwise.checkpoint.compat import (
-    LAYOUT_KEY,
-    OPTIMIZERS_KEY,
-    SETTINGS_KEY,
-    check_group_layout,
-    check_optimizer_classes,
-    check_optimizer_settings,
-    check_state_dict,
-    group_layout,
-    group_options,
-    length_change,
-    optimizer_classes,
-    optimizer_settings,
-    saved_layout,
-    scheduler_arguments,
-    settings_differences,
-    training_settings,
-)
-from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
+from groupwise.checkpoint.compat import group_options
+from groupwise.checkpoint.resume_checks import ResumeChecks
 from groupwise.data.tta import TTALevel, tta_level, tta_logits
 from groupwise.errors import ConfigError
-from groupwise.optim.combined import class_path
+from groupwise.metrics.accuracy import TrainAccuracy
 from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
+from groupwise.optim.group_schedule import GroupSchedules, check_lengths, scheduled_indices
+from groupwise.optim.group_view import GroupsView, OnGroups
 from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
-from groupwise.optim.per_group import build_groups, build_optimizer, template
+from groupwise.optim.per_group import build_groups, build_optimizer
 from groupwise.optim.schedule_length import check_length as check_length_against_run
-from groupwise.optim.schedule_length import fill_length, run_length
+from groupwise.optim.schedule_length import fill_length, run_length, steps_per_epoch
 from groupwise.optim.scheduler_checks import check_interval, check_milestones
-
-
-def schedule_end(probe: Any, state: dict[str, Any]) -> str:
-    """``"step N of N"`` where the scheduler ``probe``, given a checkpoint's ``state``, has a
-    known length (``total_steps``) and has reached it; else ``""``."""
-    try:
-        probe.load_state_dict(state)
-    except (KeyError, TypeError, ValueError):
-        return ""
-    total = getattr(probe, "total_steps", None)
-    if not isinstance(total, int) or probe.last_epoch < total:
-        return ""
-    return f"step {probe.last_epoch} of {total}"
 
 
 class Classifier(LightningModule):
@@ -78,7 +47,10 @@ class Classifier(LightningModule):
         scheduler_interval: step the scheduler after every ``epoch`` (milestones count
             epochs) or every optimizer ``step``.
         param_groups: group rules, tried in order (see ``groupwise.optim.param_groups``).
-            Parameters no rule matches go to the group ``default``.
+            Parameters no rule matches go to the group ``default``. A rule's ``schedule``
+            gives its groups their own lr curve, stepped after every optimizer step
+            (``groupwise.optim.group_schedule``); ``scheduler`` then acts on the other
+            groups only, and Lightning steps both.
         no_decay_split: put each group's biases and norm parameters into
             ``<name>.no_decay`` with weight decay 0.
         num_classes: number of classes (the net's output size).
@@ -174,11 +146,8 @@ class Classifier(LightningModule):
             )
         self.lr_multiplier = lr_multiplier
         self._net_compiled = False
-        # the optimizer and scheduler settings of this run (written into each checkpoint),
-        # and those of the checkpoint a fit resumes from (checked in configure_optimizers)
-        self._settings: dict[str, Any] | None = None
-        self._resumed: dict[str, Any] | None = None  # settings and scheduler state
-        self._stretch_to: int | None = None  # extend_schedule: the new length
+        # what the checkpoint checks carry from hook to hook (groupwise.checkpoint.resume_checks)
+        self.resume_checks = ResumeChecks()
         # average="micro": the fraction of images classified right. torchmetrics' default
         # ("macro", the mean of per-class recalls) differs from it on unbalanced batches.
         # In training, TrainAccuracy: the same value in 5 tensor ops per batch, not 18, and
@@ -262,7 +231,7 @@ class Classifier(LightningModule):
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch here rather than with on_epoch=True in every training_step:
         # each self.log call costs Lightning's bookkeeping on every step (the largest part
-        # of its per-step overhead in scripts/bench_parity.py --profile).
+        # of its per-step overhead in `bash scripts/bench.sh parity --profile`).
         self.log("train/acc", self.train_acc)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
@@ -288,11 +257,7 @@ class Classifier(LightningModule):
         if stage == "fit" and self.init_weights:
             # Before DDP wraps the net and before any --ckpt_path restore: every rank loads
             # the same file, and a full resume still wins over these weights.
-            checkpoint = load_checkpoint_file(self.init_weights)
-            check_state_dict(checkpoint["state_dict"], self.state_dict(), self.init_weights)
-            self.load_state_dict(checkpoint["state_dict"])
-            note = weights_note(checkpoint)
-            rank_zero_info(f"Initialised the model weights from {self.init_weights}{note}")
+            self.resume_checks.load_init_weights(self, self.init_weights)
 
     def configure_model(self) -> None:
         # Lightning's order (trainer._run): setup, configure_model, the restore of a
@@ -346,19 +311,45 @@ class Classifier(LightningModule):
             f"{type(optimizer).__name__} parameter groups:\n"
             + format_table(describe_optimizer(optimizer, parameter_names(self.net)))
         )
-        if self.scheduler is None:
-            training = training_settings(self.trainer, None)
-            self._check_resume(optimizer_settings(optimizer, options, None, training))
+        configs, scheduler, from_trainer = [], None, []
+        if self.scheduler is not None:
+            length = run_length(self.trainer, self.scheduler_interval)
+            scheduler, from_trainer = self._build_scheduler(optimizer, length)
+            config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config |= {"monitor": "val/loss", "reduce_on_plateau": True}
+            if isinstance(scheduler.optimizer, GroupsView):  # some groups have their own
+                config["scheduler"] = OnGroups(scheduler)
+            configs.append(config)
+        self.resume_checks.check_settings(self, optimizer, options, scheduler, from_trainer)
+        schedules = None
+        if scheduled_indices(optimizer):
+            # under DDP a frozen parameter fails the reducer: lr 0 there (GroupSchedules)
+            freeze = self.trainer.world_size == 1
+            schedules = self.build_group_schedules(
+                optimizer, steps_per_epoch(self.trainer), freeze=freeze
+            )
+        if schedules is not None:
+            check_lengths(schedules, run_length(self.trainer, "step"))
+            # stepped after every optimizer step; logged under the same tags as the run's
+            # scheduler (LearningRateMonitor would otherwise add a second set, lr-SGD-1/...)
+            name = f"lr-{type(optimizer).__name__}"
+            configs.append({"scheduler": schedules, "interval": "step", "name": name})
+        if not configs:
             return optimizer
-        length = run_length(self.trainer, self.scheduler_interval)
-        scheduler, from_trainer = self._build_scheduler(optimizer, length)
-        arguments = scheduler_arguments(scheduler, options, from_trainer)
-        training = training_settings(self.trainer, self.scheduler_interval)
-        self._check_resume(optimizer_settings(optimizer, options, arguments, training))
-        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        if len(configs) == 1 and schedules is None:
+            return {"optimizer": optimizer, "lr_scheduler": configs[0]}
+        return [optimizer], configs
+
+    def build_group_schedules(
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None, freeze: bool = True
+    ) -> GroupSchedules | None:
+        """The groups' own schedules (``schedule:`` in a rule) on ``optimizer``, given the
+        optimizer steps per epoch; ``None`` when no group has one
+        (``groupwise.optim.group_schedule``)."""
+        if not scheduled_indices(optimizer):
+            return None
+        return GroupSchedules(optimizer, steps_per_epoch, freeze)
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, length: int | None, check_length: bool = True
@@ -381,6 +372,7 @@ class Classifier(LightningModule):
     ) -> tuple[Any, list[str]]:
         """``build_scheduler``'s scheduler, and the names of its arguments filled from the
         run's length."""
+        optimizer = self._followers(optimizer)
         ratios = group_ratios(optimizer)
         overrides = fill_length(self.scheduler, length, self.scheduler_interval)
         scaled = scaled_bounds(self.scheduler, optimizer)
@@ -393,98 +385,29 @@ class Classifier(LightningModule):
             check_length_against_run(scheduler, length, self.scheduler_interval)
         return scheduler, sorted(overrides.keys() - scaled.keys())
 
-    def _check_resume(self, settings: dict[str, Any]) -> None:
-        """Keep this run's optimizer and scheduler settings; when resuming, stop (before any
-        state is loaded) if they differ from the checkpoint's: torch's ``load_state_dict``
-        would silently replace the config's group options and scheduler arguments. A
-        length from the trainer may differ with ``extend_schedule`` (see there)."""
-        self._settings = settings
-        resumed, self._resumed = self._resumed, None
-        if resumed is None:
-            return
-        saved, path = resumed["settings"], str(self.trainer.ckpt_path)
-        source = f"checkpoint {path}"
-        change = length_change(saved, settings)
-        if change is None:
-            check_optimizer_settings(saved, settings, source, path)
-            return
-        # The config with the checkpoint's length: what else differs?
-        name, saved_length, length = change
-        probe_optimizer = self.build_optimizer()
-        options = group_options(probe_optimizer)
-        probe, _ = self._build_scheduler(probe_optimizer, saved_length, check_length=False)
-        same_length = optimizer_settings(
-            probe_optimizer,
-            options,
-            scheduler_arguments(probe, options, [name]),
-            settings["training"],
-        )
-        state = resumed["scheduler_state"]
-        if not self.extend_schedule:  # raises: the length differs
-            # offer extend_schedule only where it works, and nothing but a new run once the
-            # saved schedule has ended
-            ended = schedule_end(probe, state)
-            only_length = not settings_differences(saved, same_length)
-            stretch = self._stretch_problem(probe, state, length, path) if only_length else ""
-            extend = stretch is None
-            check_optimizer_settings(saved, settings, source, path, extend, ended)
-        check_optimizer_settings(saved, same_length, source, path)  # nothing but the length
-        problem = self._stretch_problem(probe, state, length, path)
-        if problem is not None:
-            raise CheckpointError(problem)
-        self._stretch_to = length
-
-    def _stretch_problem(
-        self, probe: Any, state: dict[str, Any], length: int, path: str
-    ) -> str | None:
-        """Why the saved schedule cannot be stretched to ``length`` (tried on ``probe``, a
-        copy of the scheduler, given the checkpoint's ``state``), or None where it can."""
-        name = type(probe).__name__
-        if not hasattr(probe, "stretch"):
-            return (
-                f"extend_schedule: {name} cannot stretch the rest of its schedule (WarmupLinearLR"
-                f" can): resume {path} with its length, or start a new run from its weights: "
-                f"--model.init_weights {path}"
+    @staticmethod
+    def _followers(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """What the run's scheduler is built on: the optimizer, or where some groups have a
+        schedule of their own, a ``GroupsView`` of the others."""
+        scheduled = scheduled_indices(optimizer)
+        if not scheduled:
+            return optimizer
+        others = [i for i in range(len(optimizer.param_groups)) if i not in scheduled]
+        if not others:
+            raise ConfigError(
+                "model.scheduler is set, but every parameter group has a schedule of its own "
+                "(schedule: in its rule), so it would act on no group: set model.scheduler: "
+                "null, or leave some group to it"
             )
-        probe.load_state_dict(state)
-        if probe.last_epoch >= probe.total_steps:
-            return (
-                f"extend_schedule: the schedule of checkpoint {path} has ended (step "
-                f"{probe.last_epoch} of {probe.total_steps}): there is nothing left to stretch; "
-                "to train on, start a new run from its weights with its own schedule: "
-                f"--model.init_weights {path}"
-            )
-        try:
-            probe.stretch(length)
-        except ValueError as error:
-            return f"extend_schedule: {error}"
-        return None
+        return GroupsView(optimizer, others)
 
     def on_train_start(self) -> None:
         # After Lightning restored the scheduler's state (restore_training_state).
-        if self._stretch_to is not None:
-            scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-            before = scheduler.total_steps
-            start, factor = scheduler.stretch(self._stretch_to)
-            rank_zero_info(
-                f"extend_schedule: {type(scheduler).__name__} stretched from {before} to "
-                f"{self._stretch_to} steps: from step {start} each group's lr falls linearly "
-                f"from {factor:.6g} x its peak to {scheduler.end_factor:g} x its peak at step "
-                f"{self._stretch_to}"
-            )
-            self._stretch_to = None
+        self.resume_checks.stretch_schedule(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Which parameter is in which group, by name: lets a resume check the layout.
-        if self._trainer is not None and self.trainer.optimizers:
-            optimizer = self.trainer.optimizers[0]
-            checkpoint[LAYOUT_KEY] = group_layout(self.net, optimizer.param_groups)
-            # and which optimizer class steps each group: lets a resume check that too
-            checkpoint[OPTIMIZERS_KEY] = optimizer_classes(optimizer)
-        # The optimizer's class, each group's configured options and the scheduler's
-        # arguments: lets a resume check that the config still asks for the same.
-        if self._settings is not None:
-            checkpoint[SETTINGS_KEY] = self._settings
+        # the group layout, optimizer classes and settings that a resume checks
+        self.resume_checks.record(self, checkpoint)
         # Lightning calls this for every save, weights-only ones too, where it calls no
         # callback's on_save_checkpoint: the NaN guard checks the weights about to be saved.
         if self._trainer is not None:
@@ -493,34 +416,5 @@ class Classifier(LightningModule):
                     callback.check_checkpoint(self.trainer, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer else "the checkpoint"
-        check_state_dict(checkpoint["state_dict"], self.state_dict(), source)
-        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
-        if resuming:
-            averaging = any(isinstance(c, WeightAveraging) for c in self.trainer.callbacks)
-            check_resume_averaging(checkpoint, averaging, source, self.trainer.ckpt_path)
-        elif self._trainer is not None and weights_note(checkpoint):
-            rank_zero_info(f"Loading {self.trainer.ckpt_path}{weights_note(checkpoint)}")
-        saved = saved_layout(checkpoint)
-        if resuming and checkpoint.get("optimizer_states") and saved is not None:
-            groups, factories = self.build_param_groups()
-            check_group_layout(saved, group_layout(self.net, groups), source)
-            saved_classes = checkpoint.get(OPTIMIZERS_KEY, {})
-            # where an optimizer per group is involved, name each group whose class changed
-            # (a whole optimizer's class change is in the settings check's full message)
-            if any(factories) or len(set(saved_classes.values())) > 1:
-                current = {
-                    group["name"]: class_path(template(factory or self.optimizer))
-                    for group, factory in zip(groups, factories, strict=True)
-                }
-                check_optimizer_classes(saved_classes, current, source)
-        if resuming and checkpoint.get("optimizer_states"):
-            settings = checkpoint.get(SETTINGS_KEY)
-            schedulers = checkpoint.get("lr_schedulers") or [None]
-            self._resumed = settings and {"settings": settings, "scheduler_state": schedulers[0]}
-            if settings is None:
-                rank_zero_warn(
-                    f"{source} records no optimizer and scheduler settings (it predates "
-                    "them): whether this config's match it is not checked; the resume "
-                    "uses the checkpoint's"
-                )
+        # the net's weights; on a resume the averaging, group layout and optimizer classes
+        self.resume_checks.check_loaded(self, checkpoint)

@@ -4,10 +4,12 @@ The model comes from the config through ``GroupwiseCLI`` with ``run=False`` (no 
 decoded: the DataModule only reads images in ``prepare_data`` / ``setup``), and the learning
 rates come from stepping the config's real scheduler, built by ``Classifier.build_scheduler``
 as in ``fit``, the way Lightning does: once per epoch, or after every optimizer step for
-``scheduler_interval: step``. The run's length (which fills a scheduler length left empty)
-is Lightning's ``estimated_stepping_batches`` computed from the number of training images
-(counted in the files, or CIFAR-10's 50,000 when there is no data yet), the batch size, the
-number of devices, ``accumulate_grad_batches``, ``limit_train_batches``, ``max_epochs`` and
+``scheduler_interval: step``; a group with a schedule of its own (``schedule:`` in its
+rule) follows it, stepped after every optimizer step (then the plan is per step). The run's
+length (which fills a scheduler length left empty) is Lightning's
+``estimated_stepping_batches`` computed from the number of training images (counted in the
+files, or CIFAR-10's 50,000 when there is no data yet), the batch size, the number of
+devices, ``accumulate_grad_batches``, ``limit_train_batches``, ``max_epochs`` and
 ``max_steps``. Run from the repository root:
 
     .venv/bin/python scripts/plan.py --config configs/resnet18.yaml --png docs/lr_plan.png
@@ -37,6 +39,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from groupwise.cli import GroupwiseCLI, run
 from groupwise.errors import ConfigError
+from groupwise.optim.group_schedule import GroupSchedules, scheduled_indices
 from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
 
 Schedule = dict[str, list[float]]  # group name -> lr at each epoch (or step), 0-based
@@ -53,28 +56,35 @@ def load(args: Sequence[str]) -> GroupwiseCLI:
 
 @dataclass
 class Setup:
-    """What ``fit`` would build: the optimizer, the scheduler (or ``None``), the scheduler
-    steps per epoch (1 for an epoch schedule) and the training images an epoch reads."""
+    """What ``fit`` would build: the optimizer, the run's scheduler (or ``None``), the
+    scheduler steps per epoch (1 for an epoch plan), the training images an epoch reads,
+    the groups' own schedules (``None`` if no group has one; then the plan is per optimizer
+    step) and how many plan points apart the run's scheduler steps (``frequency``)."""
 
     optimizer: Optimizer
     scheduler: LRScheduler | None
     steps_per_epoch: int
     train_images: int | None = None
+    group_schedules: GroupSchedules | None = None
+    frequency: int = 1
 
 
 def configure(cli: GroupwiseCLI) -> Setup:
-    """The optimizer and scheduler of ``cli``'s model as ``fit`` builds them (a length left
+    """The optimizer and schedulers of ``cli``'s model as ``fit`` builds them (a length left
     empty filled with the run's length), without a trainer run or decoded images."""
     model = cli.model
     optimizer = model.build_optimizer()
-    if model.scheduler is None:
+    own = bool(scheduled_indices(optimizer))
+    if model.scheduler is None and not own:
         return Setup(optimizer, None, 1)
     trainer = cli.trainer
     endless = trainer.max_epochs in (None, -1)
     images = per_epoch = None
-    if model.scheduler_interval == "step":  # as Trainer.estimated_stepping_batches
+    per_step = model.scheduler is not None and model.scheduler_interval == "step"
+    if per_step or own:  # as Trainer.estimated_stepping_batches
         images = cli.datamodule.num_train_images()
         per_epoch = optimizer_steps_per_epoch(trainer, images, cli.datamodule.batch_size)
+    if per_step:
         steps = [] if endless else [per_epoch * trainer.max_epochs]
         steps += [] if trainer.max_steps == -1 else [trainer.max_steps]
         length = min(steps, default=None)
@@ -83,7 +93,11 @@ def configure(cli: GroupwiseCLI) -> Setup:
     scheduler = model.build_scheduler(optimizer, length)
     if isinstance(scheduler, ReduceLROnPlateau):
         raise ConfigError("ReduceLROnPlateau follows a validation metric: it has no plan")
-    return Setup(optimizer, scheduler, per_epoch or 1, images)
+    groups = model.build_group_schedules(optimizer, per_epoch) if own else None
+    # with the groups' own schedules the plan is per optimizer step: an epoch scheduler
+    # steps once every epoch's steps
+    frequency = per_epoch if own and not per_step else 1
+    return Setup(optimizer, scheduler, per_epoch or 1, images, groups, frequency)
 
 
 def optimizer_steps_per_epoch(trainer: Trainer, images: int, batch_size: int) -> int:
@@ -98,11 +112,16 @@ def optimizer_steps_per_epoch(trainer: Trainer, images: int, batch_size: int) ->
 
 
 def lr_schedule(
-    optimizer: Optimizer, scheduler: LRScheduler | None, steps: int, frequency: int = 1
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    steps: int,
+    frequency: int = 1,
+    every_step: LRScheduler | None = None,
 ) -> Schedule:
     """Every group's lr at each of ``steps`` scheduler points (epochs, or optimizer steps for
     a per-step schedule), stepping ``scheduler`` as Lightning does (after point ``i`` when
-    ``(i + 1) % frequency == 0``). Changes the optimizer's lrs."""
+    ``(i + 1) % frequency == 0``) and ``every_step`` (the groups' own schedules) after every
+    point. Changes the optimizer's lrs."""
     if steps < 1:
         raise ConfigError(f"epochs must be at least 1, got {steps}")
     names = [group.get("name", f"pg{i}") for i, group in enumerate(optimizer.param_groups)]
@@ -113,6 +132,8 @@ def lr_schedule(
         for step in range(steps):
             if scheduler is not None and step and step % frequency == 0:
                 scheduler.step()
+            if every_step is not None and step:
+                every_step.step()
             for name, group in zip(names, optimizer.param_groups, strict=True):
                 schedule[name].append(float(group["lr"]))
     return schedule
@@ -249,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{type(optimizer).__name__} parameter groups:")
     names = parameter_names(cli.model.net)
     print(format_table(describe_optimizer(optimizer, names)))
-    schedule = lr_schedule(optimizer, setup.scheduler, epochs * per_epoch)
+    schedule = lr_schedule(
+        optimizer, setup.scheduler, epochs * per_epoch, setup.frequency, setup.group_schedules
+    )
     if per_epoch > 1:
         print(
             f"\nper-step schedule: {per_epoch:,} optimizer steps per epoch ({setup.train_images:,}"

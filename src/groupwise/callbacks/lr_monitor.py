@@ -42,6 +42,9 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
       and the last step are logged too (with the lrs those steps trained at: the values
       are noted before each step that is not logged, a few floats, and the last one is
       logged when training ends);
+    - with two schedulers on one optimizer (a group's own schedule beside the run's), it
+      logs each group once per scheduler where their intervals meet; here a value already
+      logged at a step is not logged again at that step;
     - it refuses a trainer without a logger (``--trainer.logger false``), which would make
       every such run fail here, where it is one of the default callbacks: here it then
       does nothing.
@@ -51,9 +54,10 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
     # (step, {id(group): its logged keys}) of the latest step that was not logged
     _unlogged: tuple[int, dict[int, dict[str, Any]]] | None = None
     _values: dict[int, dict[str, Any]] | None = None  # read these instead of the groups
+    _logged: tuple[int, dict[str, float]] | None = None  # (step, values logged at it)
 
     def on_train_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
-        self._first_done, self._unlogged = False, None
+        self._first_done, self._unlogged, self._logged = False, None, None
         if trainer.loggers:
             super().on_train_start(trainer, *args, **kwargs)
 
@@ -92,6 +96,16 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
     def on_train_epoch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+    def _extract_stats(self, trainer: Trainer, interval: str) -> dict[str, float]:
+        """Lightning's, less the values already logged at this step: with a group's own
+        schedule (``groupwise.optim.group_schedule``) the optimizer has two schedulers, an
+        epoch one and a step one, and both would log every group at an epoch's first step."""
+        stats = super()._extract_stats(trainer, interval)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        done = self._logged[1] if self._logged is not None and self._logged[0] == step else {}
+        self._logged = (step, {**done, **stats})
+        return {key: value for key, value in stats.items() if done.get(key) != value}
 
     def _interval(self) -> str:
         """The interval argument of ``_extract_stats`` at a step, as Lightning's."""

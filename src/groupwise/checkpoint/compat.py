@@ -154,7 +154,8 @@ def scheduler_arguments(
     arguments; ``base_lrs`` only where they are not just the groups' lrs. ``from_trainer``
     names the arguments the run filled in from the trainer (a length)."""
     state = scheduler.state_dict()
-    lrs = [group["lr"] for group in options.values()]
+    # the groups the scheduler acts on (some of them, where others have their own schedule)
+    lrs = [options[name]["lr"] for name in group_options(scheduler.optimizer)]
     args = {}
     for key, value in state.items():
         if key == "base_lrs" and plain(value) == lrs:

@@ -20,6 +20,9 @@ Semantics:
   list each only under its first name, which is what they lack here);
 - trainable parameters no rule matches go to the group ``default`` (optimizer defaults);
 - frozen parameters (``requires_grad=False``) are left out;
+- a rule's ``schedule`` (its groups' own lr curve, ``groupwise.optim.group_schedule``) is
+  checked here and kept in each of its groups under ``schedule``, where the ``Classifier``
+  reads it (and a resume compares it, as any group option);
 - ``lr_scale`` is resolved here into an absolute ``lr`` (defaults' lr times the scale), so no
   group carries a key that the optimizer or scheduler would silently ignore;
 - with ``no_decay_split`` each group's biases and norm parameters (``ndim <= 1``, as timm and
@@ -55,14 +58,16 @@ from typing import Any
 from torch import nn
 
 from groupwise.errors import ConfigError, did_you_mean
+from groupwise.optim.group_schedule import SCHEDULE_KEY, parse_schedule, schedule_column
 
 DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = ".no_decay"
 # Keys of a rule that select parameters or name the group; every other key is an option.
-RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale", "optimizer"})
+RULE_KEYS = frozenset({"name", "modules", "params", "lr_scale", "optimizer", SCHEDULE_KEY})
 LAYER_DECAY_KEY = "layer_decay"  # expanded into one rule per module by expand_layer_decay
 LAYER_DECAY_OWN_KEYS = ("name", "modules", "lr", LAYER_DECAY_KEY)
 NO_DECAY_OPTIONS = {"weight_decay": 0.0}
+FOLLOWS_RUN = "model.scheduler"  # the schedule column of a group without its own
 
 
 class ParamGroupError(ConfigError):
@@ -515,6 +520,8 @@ def _group_options(
                 "'lr' instead"
             )
         opts["lr"] = defaults["lr"] * float(rule["lr_scale"])
+    if rule.get(SCHEDULE_KEY) is not None:  # the group's own lr curve (group_schedule)
+        opts[SCHEDULE_KEY] = parse_schedule(rule["name"], rule[SCHEDULE_KEY])
     return opts
 
 
@@ -653,7 +660,7 @@ def describe(
     per_group = [defaults] * len(param_groups) if isinstance(defaults, Mapping) else defaults
     shown = ["lr", "weight_decay", "weight_decay_l1", "weight_decay_l2", "momentum", "betas"]
     shown = [key for key in shown if any(key in own for own in per_group)]
-    hidden = {*shown, "name", "params", "param_names"}
+    hidden = {*shown, "name", "params", "param_names", SCHEDULE_KEY}
     shown += sorted(
         {
             key
@@ -673,6 +680,10 @@ def describe(
         }
         for index, group in enumerate(param_groups)
     ]
+    schedules = schedule_column(param_groups, FOLLOWS_RUN)
+    if schedules is not None:
+        for row, cell in zip(rows, schedules, strict=True):
+            row["schedule"] = cell
     names = names or {}
     tied = [
         ", ".join(
@@ -691,16 +702,32 @@ def describe_optimizer(
 ) -> list[dict[str, Any]]:
     """``describe`` of a built optimizer; with an optimizer per group (a
     ``CombinedOptimizer``) each group is compared with its own optimizer's defaults and the
-    ``optimizer`` column names it."""
+    ``optimizer`` column names it. An optimizer with a ``describe_group(group)`` method
+    (``Muon``: its Newton-Schulz dtype) gets that column too, its text in brackets after
+    the class name: ``Muon (ns float32)``."""
     children = getattr(optimizer, "group_optimizers", None)
     if children is None:
-        return describe(optimizer.param_groups, optimizer.defaults, names)
+        labels = None
+        if hasattr(optimizer, "describe_group"):
+            labels = [optimizer_label(optimizer, group) for group in optimizer.param_groups]
+        return describe(optimizer.param_groups, optimizer.defaults, names, labels)
     return describe(
         optimizer.param_groups,
         [child.defaults for child in children],
         names,
-        [type(c).__name__ for c in children],
+        [
+            optimizer_label(child, group)
+            for child, group in zip(children, optimizer.param_groups, strict=True)
+        ],
     )
+
+
+def optimizer_label(optimizer: Any, group: Mapping[str, Any]) -> str:
+    """The class name of ``optimizer``, with what its ``describe_group(group)`` says (if it
+    has that method) in brackets."""
+    describe_group = getattr(optimizer, "describe_group", None)
+    note = f" ({describe_group(group)})" if describe_group is not None else ""
+    return type(optimizer).__name__ + note
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:

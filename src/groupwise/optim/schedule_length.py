@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,18 @@ def run_length(trainer: Any, interval: str) -> int | None:
     if steps is None or steps == float("inf"):
         return None
     return int(steps)
+
+
+def steps_per_epoch(trainer: Any) -> int | None:
+    """Optimizer steps per training epoch, as Lightning counts them for
+    ``estimated_stepping_batches`` (its training batches per epoch, after
+    ``limit_train_batches`` and DDP sharding, over ``accumulate_grad_batches``, the last
+    window of an epoch stepping too); ``None`` when the data has no length."""
+    trainer.estimated_stepping_batches  # noqa: B018 (Lightning sets up the training data)
+    batches = trainer.num_training_batches
+    if batches == float("inf"):
+        return None
+    return math.ceil(batches / trainer.accumulate_grad_batches)
 
 
 def scheduler_class(scheduler: Callable[..., Any]) -> type | None:

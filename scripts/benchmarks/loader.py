@@ -1,8 +1,4 @@
-"""Benchmark the CIFAR-10 DataModule against torchvision's ImageFolder pipeline.
-
-Run from the repository root:
-
-    .venv/bin/python scripts/bench_loader.py --data-dir data/cifar10-jpeg
+"""The CIFAR-10 DataModule's loader against torchvision's ImageFolder pipeline: starts and images/s.
 
 If ``--data-dir`` is missing and the shared archive exists, it is extracted first.
 Measures, on the image-folder JPEGs:
@@ -10,7 +6,8 @@ Measures, on the image-folder JPEGs:
 * cold start: cache deleted, ``prepare_data()`` + ``setup("fit")`` (decode + write cache),
   median of ``--cold-runs``;
 * cached start: the same with the cache in place (median of ``--cached-runs``);
-  each start runs in a fresh process and excludes the interpreter's imports;
+  each start runs in a fresh process (``python -m benchmarks.loader DIR``) and excludes
+  the interpreter's imports;
 * images/s over one training epoch of (a) this template's loader + the DataModule's
   batched crop/flip/normalize (``on_after_batch_transfer`` as in training), median of
   ``--epochs``; (b) torchvision ``ImageFolder`` with per-sample ``RandomCrop(32, 4)``,
@@ -33,7 +30,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO, Record, Spread, add_data_dir, child_env
+
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
 
 
@@ -50,12 +48,11 @@ def timed_start(data_dir: Path) -> float:
 
 
 def start_in_fresh_process(data_dir: Path) -> float:
+    env = child_env()
     out = subprocess.run(
-        [sys.executable, __file__, "--data-dir", str(data_dir), "--start-once"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+        [sys.executable, "-m", "benchmarks.loader", str(data_dir)],
+        check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -133,9 +130,8 @@ def torchvision_images_per_s(data_dir: Path, batch_size: int, workers: int, epoc
     return statistics.median(rates)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data/cifar10-jpeg"))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_dir(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--cold-runs", type=int, default=1, help="fresh processes, median")
     parser.add_argument("--cached-runs", type=int, default=5, help="fresh processes, median")
@@ -143,14 +139,10 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[0, 2], help="num_workers of both loaders"
     )
-    parser.add_argument("--start-once", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, record: Record) -> None:
     data_dir: Path = args.data_dir
-
-    if args.start_once:  # child process of start_in_fresh_process
-        print(timed_start(data_dir))
-        return
-
     if not data_dir.exists():
         if not ARCHIVE.is_file():
             sys.exit(f"{data_dir} does not exist and there is no archive at {ARCHIVE}")
@@ -166,51 +158,47 @@ def main() -> None:
         shutil.rmtree(data_dir / ".groupwise_cache", ignore_errors=True)
         cold.append(start_in_fresh_process(data_dir))
     cached = [start_in_fresh_process(data_dir) for _ in range(args.cached_runs)]
-    ours = {
-        w: template_images_per_s(data_dir, args.batch_size, w, args.epochs) for w in args.workers
-    }
-    baseline = {
-        w: torchvision_images_per_s(data_dir, args.batch_size, w, args.epochs) for w in args.workers
-    }
+    size, epochs = args.batch_size, args.epochs
+    ours = {w: template_images_per_s(data_dir, size, w, epochs) for w in args.workers}
+    baseline = {w: torchvision_images_per_s(data_dir, size, w, epochs) for w in args.workers}
     per_sample = {
-        w: template_images_per_s(data_dir, args.batch_size, w, args.epochs, per_sample=True)
-        for w in args.workers
+        w: template_images_per_s(data_dir, size, w, epochs, per_sample=True) for w in args.workers
     }
+    record.add("cold_s", cold)
+    record.add("cached_s", cached)
+    record.add(
+        "images_per_s", {"template": ours, "imagefolder": baseline, "per_sample": per_sample}
+    )
 
     rows = [
-        (
+        [
             f"cold start, decode + write cache (median of {len(cold)})",
-            f"{statistics.median(cold):.2f} s",
-        ),
-        (f"cached start (median of {len(cached)})", f"{statistics.median(cached):.2f} s"),
+            Spread.of(cold).format(".2f"),
+        ],
+        [f"cached start (median of {len(cached)})", Spread.of(cached).format(".2f")],
     ]
     for w in args.workers:
         rows += [
-            (f"template loader + batched augment, {w} workers", f"{ours[w]:,.0f} img/s"),
-            (f"ImageFolder + per-sample transforms, {w} workers", f"{baseline[w]:,.0f} img/s"),
-            (f"ratio template / ImageFolder, {w} workers", f"{ours[w] / baseline[w]:.1f}x"),
-            (
+            [f"template loader + batched augment, {w} workers", f"{ours[w]:,.0f} img/s"],
+            [f"ImageFolder + per-sample transforms, {w} workers", f"{baseline[w]:,.0f} img/s"],
+            [f"ratio template / ImageFolder, {w} workers", f"{ours[w] / baseline[w]:.1f}x"],
+            [
                 f"template per-sample path (data.train_transform), {w} workers",
                 f"{per_sample[w]:,.0f} img/s",
-            ),
+            ],
         ]
     best, best_base = max(ours, key=ours.get), max(baseline, key=baseline.get)
-    rows.append(
-        (
-            f"ratio best template ({best} workers) / best ImageFolder ({best_base} workers)",
-            f"{ours[best] / baseline[best_base]:.1f}x",
-        )
+    rows.append([
+        f"ratio best template ({best} workers) / best ImageFolder ({best_base} workers)",
+        f"{ours[best] / baseline[best_base]:.1f}x",
+    ])  # fmt: skip
+    record.table(
+        f"{data_dir}, batch size {size}, start = prepare_data() + setup('fit') in seconds"
+        f" (median, range), images/s = median of {epochs} epochs",
+        ["", "figure"],
+        rows,
     )
-    width = max(len(name) for name, _ in rows)
-    print(
-        f"\n{data_dir}, batch size {args.batch_size}, start = prepare_data() + setup('fit'),"
-        f" images/s = median of {args.epochs} epochs"
-    )
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>14}")
-    print(f"cold starts: {', '.join(f'{t:.2f}' for t in cold)} s")
-    print(f"cached starts: {', '.join(f'{t:.2f}' for t in cached)} s")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one start, in the fresh process of start_in_fresh_process
+    print(timed_start(Path(sys.argv[1])))

@@ -29,10 +29,10 @@ default progress bar is replaced by ``ProgressBar`` (redrawn at most every 0.5 s
 every step; a progress bar given in ``trainer.callbacks`` is kept as it is). Every trainer also
 gets ``AtomicCheckpointIO`` (unless another checkpoint plugin is set), ``NoProfiler``
 (unless ``trainer.profiler`` is set: Lightning's default without its per-call context
-manager, see ``groupwise.profiler``), on the CPU glibc's allocator set to keep freed memory
-for the next step (``groupwise.host_memory``), ``GroupPlan`` (the
-group table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's
-Custom Scalars tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
+manager, see ``groupwise.runtime.profiler``), on the CPU glibc's allocator set to keep freed
+memory for the next step (``groupwise.runtime.host_memory``), ``GroupPlan`` (the group
+table in the run directory and TensorBoard), ``CustomScalars`` (TensorBoard's Custom Scalars
+tab: each quantity's groups in one chart) and ``RunSummary`` (where the run
 went, printed and in ``summary.txt``, at the end of fit, validate and test) and
 ``RNGStateCheckpoint`` (every rank's random states in each checkpoint, restored on resume); and
 ``--ckpt_path last`` means the newest ``last.ckpt`` of an earlier run of this config in the
@@ -43,20 +43,17 @@ would silently start afresh).
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import yaml
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -83,77 +80,15 @@ from groupwise.checkpoint.last import (
 )
 from groupwise.checkpoint.untrusted import RestoredPathGuard
 from groupwise.classifier import Classifier
-from groupwise.console import device_line, quiet_console
+from groupwise.cli.parser import GroupwiseArgumentParser, config_paths
+from groupwise.cli.preflight import check_before_fit
+from groupwise.cli.run_folders import FirstBatch, RunFolders
 from groupwise.data.cifar10 import CIFAR10DataModule, global_seed
-from groupwise.errors import EXIT_CODE, ConfigError, did_you_mean, exit_on_user_error
-from groupwise.host_memory import keep_freed_host_memory
-from groupwise.preflight import check_before_fit
-from groupwise.profiler import NoProfiler
+from groupwise.errors import ConfigError, exit_on_user_error
+from groupwise.runtime.console import device_line, quiet_console
+from groupwise.runtime.host_memory import keep_freed_host_memory
+from groupwise.runtime.profiler import NoProfiler
 from groupwise.trainer import GroupwiseTrainer
-
-
-class GroupwiseArgumentParser(LightningArgumentParser):
-    """Lightning's parser whose usage errors are one line. jsonargparse prints the whole usage
-    (120 lines for ``fit``) before the error and suggests nothing for an unknown key; here
-    ``error: <message>`` comes alone, with the nearest valid key for an unknown one, exit 2.
-    Nested parsers (``exit_on_error=False``: jsonargparse catches their errors) and
-    ``JSONARGPARSE_DEBUG`` keep jsonargparse's own behaviour. No abbreviated options: argparse
-    would take ``--trainer.max_epoch`` for ``--trainer.max_epochs``, which in a config file is
-    an error."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
-            super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "")
-        hint = nearest_key(message, parser)
-        message = " ".join(line.strip() for line in message.splitlines()).rstrip(".")
-        sys.stderr.write(f"error: {message}{hint}; `{prog} --help` lists every option\n")
-        self.exit(EXIT_CODE)
-
-
-def nearest_key(message: str, parser: LightningArgumentParser) -> str:
-    """``" (did you mean 'k'?)"`` for the unknown key of a jsonargparse error ``message``,
-    ``k`` the parser's nearest key (``--k`` for a command-line option), else ``""``."""
-    # jsonargparse 4.44 writes "Unrecognized", later releases "unrecognized"
-    option = re.match(r"unrecognized arguments: --([^\s=]+)", message, re.IGNORECASE)
-    key = re.search(r"(?:Group '([^']+)' )?does not accept option '([^']+)'", message)
-    init_arg = re.search(
-        r"(?:Option '([^']+)' is not accepted|unrecognized arguments: --([^\s=]+))"
-        r".*class_path='([^']+)'",
-        message,
-        re.IGNORECASE,
-    )
-    if option:
-        unknown, dashes = option[1], "--"
-    elif key:
-        unknown, dashes = ".".join(k for k in key.groups() if k), ""
-    elif init_arg:  # in a class's init_args: jsonargparse names the class it built
-        return did_you_mean(init_arg[1] or init_arg[2], init_parameters(init_arg[3]))
-    else:
-        return ""
-    try:
-        keys = list(parser.get_defaults(skip_validation=True).keys())
-    except Exception:  # a default config file that does not load: no hint, the error stands
-        return ""
-    return did_you_mean(unknown, keys).replace(" '", f" '{dashes}", 1)
-
-
-def init_parameters(class_path: str) -> list[str]:
-    """The keys of ``{class_path, init_args}`` and the parameters of class ``class_path``
-    (none where it does not import)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        parameters = list(
-            inspect.signature(getattr(importlib.import_module(module), name)).parameters
-        )
-    except (ImportError, AttributeError, TypeError, ValueError):
-        parameters = []
-    return ["class_path", "init_args", *parameters, *(f"init_args.{p}" for p in parameters)]
 
 
 class GroupwiseCLI(LightningCLI):
@@ -239,7 +174,7 @@ class GroupwiseCLI(LightningCLI):
         if type(trainer.profiler) is PassThroughProfiler:  # Lightning's default: none set
             trainer.profiler = NoProfiler()
         if isinstance(trainer.accelerator, CPUAccelerator):
-            keep_freed_host_memory()  # process-wide: see groupwise.host_memory
+            keep_freed_host_memory()  # process-wide: see groupwise.runtime.host_memory
         trainer.callbacks += [GroupPlan(), CustomScalars(), RunSummary(), RNGStateCheckpoint()]
         trainer.callbacks.append(RestoredPathGuard())  # paths restored from a checkpoint
         trainer.callbacks.append(FirstBatch())  # a failed start leaves nothing (RunFolders)
@@ -302,75 +237,6 @@ class GroupwiseCLI(LightningCLI):
         leave_process_group()
 
 
-class FirstBatch(Callback):
-    """Whether the run has begun a batch of its own (the sanity check's do not count)."""
-
-    def __init__(self) -> None:
-        self.started = False
-
-    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
-        self.started = True
-
-    def on_validation_batch_start(self, trainer: Trainer, *args: Any) -> None:
-        self.started = self.started or not trainer.sanity_checking
-
-    on_test_batch_start = on_predict_batch_start = on_train_batch_start
-
-
-class RunFolders:
-    """The run directories of a trainer's loggers, as they were before it ran, so that a run
-    that fails before its first batch can remove exactly what it created there. Lightning
-    makes the run directory, writes ``config.yaml`` (``SaveConfigCallback``) and starts the
-    event file in ``Trainer._run``'s setup: before a resume's checks run (when the checkpoint
-    is restored) and before ``predict`` sets up its data; it removes nothing on a failure."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.folders = [Path(d).absolute() for d in logger_dirs(trainer)]
-        self.before = {f: set(f.rglob("*")) if f.is_dir() else set() for f in self.folders}
-        # the nearest folder on each one's way that exists: it and what is above it stay
-        self.kept = {f: next(p for p in [f, *f.parents] if p.exists()) for f in self.folders}
-
-    def started(self) -> bool:
-        return any(isinstance(c, FirstBatch) and c.started for c in self.trainer.callbacks)
-
-    def remove_if_not_started(self) -> None:
-        """Remove what appeared in the run directories (files, then emptied folders, then
-        the run directories and their parents that did not exist), unless a batch ran."""
-        if self.started() or not self.trainer.is_global_zero:
-            return
-        for folder in self.folders:
-            new = sorted(set(folder.rglob("*")) - self.before[folder], key=lambda p: -len(p.parts))
-            for path in new:
-                if path.is_symlink() or path.is_file():
-                    path.unlink()
-                elif path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-            remove_empty_folders(folder, self.kept[folder])
-
-
-def logger_dirs(trainer: Trainer) -> list[str]:
-    """The local folders the trainer's loggers write into (``log_dir``; none for loggers
-    without one, such as Wandb or MLflow)."""
-    dirs = []
-    for logger in trainer.loggers:
-        try:
-            log_dir = getattr(logger, "log_dir", None)
-        except Exception:  # a logger that cannot say yet: nothing of it is removed
-            continue
-        if isinstance(log_dir, str) and "://" not in log_dir:
-            dirs.append(log_dir)
-    return dirs
-
-
-def remove_empty_folders(folder: Path, kept: Path) -> None:
-    """``folder`` and its parents below ``kept``, each only while it is an empty folder."""
-    for path in [folder, *folder.parents]:
-        if path == kept or not path.is_dir() or any(path.iterdir()):
-            return
-        path.rmdir()
-
-
 def leave_process_group() -> None:
     """After a distributed run, every rank waits for the others and closes the process
     group. Lightning leaves it open until the interpreter exits; where rank 0 hosts the
@@ -391,17 +257,6 @@ def check_sync_batchnorm(trainer: Trainer) -> None:
             f" XPU devices only, and this run has {trainer.world_size} CPU processes. Set it"
             " to false (each process then normalises its own batch with its own statistics)."
         )
-
-
-def config_paths(argv: list[str]) -> list[str]:
-    """The files given with ``--config FILE``, ``--config=FILE`` or ``-c FILE``."""
-    paths = []
-    for flag, value in zip(argv, [*argv[1:], ""], strict=False):  # argv may be empty
-        if flag in ("--config", "-c"):
-            paths.append(value)
-        elif flag.startswith("--config="):
-            paths.append(flag.split("=", 1)[1])
-    return paths
 
 
 def newest_last_checkpoint(
@@ -451,7 +306,7 @@ def run(args: ArgsType = None, **kwargs: Any) -> GroupwiseCLI:
     # such specs inside ``Any`` (deprecated, with a warning; the default from jsonargparse 5).
     if "instantiate_subclass_spec_in_any" in inspect.signature(set_parsing_settings).parameters:
         set_parsing_settings(instantiate_subclass_spec_in_any=False)
-    with quiet_console():  # Lightning's chatter hidden, for this run only (groupwise.console)
+    with quiet_console():  # Lightning's chatter hidden, for this run only (runtime.console)
         return GroupwiseCLI(
             Classifier,
             CIFAR10DataModule,

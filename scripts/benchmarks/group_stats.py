@@ -1,8 +1,4 @@
-"""Measure the overhead of the ``GroupStats`` callback on a CPU training run.
-
-Run from the repository root:
-
-    .venv/bin/python scripts/bench_group_stats.py [--steps 200] [--repeats 7] [--every 50]
+"""The overhead of the GroupStats callback on a CPU training run, with and without it.
 
 The same short fit (LeNet-5, the two groups of ``configs/lenet.yaml``, SGD, batches of 128
 random CIFAR-shaped tensors held in memory, ``--steps`` optimizer steps, TensorBoard
@@ -12,7 +8,7 @@ median of the per-pair time ratios (with / without) and the median seconds of ea
 Fabricated data in memory keeps image decoding out of the measurement: what is timed is
 the training step, which is where the callback's hooks run.
 
-On a shared, loaded machine the wall-time ratio is noisy; the script therefore also
+On a shared, loaded machine the wall-time ratio is noisy; the benchmark therefore also
 reports the time spent inside the callback's two hooks as a fraction of the fit's time
 (measured in the same runs), which does not depend on what else the machine is doing.
 """
@@ -21,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import tempfile
 import time
 
@@ -30,6 +25,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.harness import Record, Spread, paired_ratios, run_rounds
 from groupwise.callbacks.group_stats import GroupStats
 from groupwise.classifier import Classifier
 from groupwise.nets import LeNet5
@@ -84,37 +80,40 @@ def timed_fit(steps: int, batch_size: int, every: int | None, root: str) -> floa
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per fit")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--repeats", type=int, default=7, help="pairs of fits")
     parser.add_argument("--every", type=int, default=50, help="GroupStats every_n_steps")
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, record: Record) -> None:
+    def measure(variant: str) -> dict[str, float]:
+        every = args.every if variant == "with" else None
+        seconds = timed_fit(args.steps, args.batch_size, every, root)
+        return {"seconds": seconds, "hook_share": TimedGroupStats.seconds / seconds}
+
     with tempfile.TemporaryDirectory() as root:
         timed_fit(20, args.batch_size, args.every, root)  # warm-up: imports, allocator
-        with_s, without_s, ratios, hook_shares = [], [], [], []
-        for repeat in range(args.repeats):
-            order = [args.every, None] if repeat % 2 == 0 else [None, args.every]
-            times = {}
-            for every in order:
-                times[every] = timed_fit(args.steps, args.batch_size, every, root)
-                if every:
-                    hook_shares.append(TimedGroupStats.seconds / times[every])
-            with_s.append(times[args.every])
-            without_s.append(times[None])
-            ratios.append(times[args.every] / times[None])
-            print(f"pair {repeat}: with {times[args.every]:.3f} s, without {times[None]:.3f} s")
-    print(
+        rounds = run_rounds(
+            ["with", "without"],
+            args.repeats,
+            measure,
+            lambda variant, result: f"{variant} {result['seconds']:.3f} s",
+        )
+    record.add("rounds", rounds.as_json())
+    with_s = [r["seconds"] for r in rounds.results["with"]]
+    without_s = [r["seconds"] for r in rounds.results["without"]]
+    ratios = Spread.of(paired_ratios(with_s, without_s))
+    shares = Spread.of([100 * r["hook_share"] for r in rounds.results["with"]])
+    record.table(
         f"GroupStats(every_n_steps={args.every}), {args.steps} steps of {args.batch_size} "
-        f"images, {args.repeats} pairs: median with {statistics.median(with_s):.3f} s, "
-        f"median without {statistics.median(without_s):.3f} s, "
-        f"median ratio {statistics.median(ratios):.4f} "
-        f"(min {min(ratios):.4f}, max {max(ratios):.4f}); time in GroupStats hooks: median "
-        f"{100 * statistics.median(hook_shares):.3f}% of the fit; "
-        f"torch threads {torch.get_num_threads()}"
+        f"images, {args.repeats} pairs",
+        ["", "median (min-max)"],
+        [
+            ["seconds with", Spread.of(with_s).format()],
+            ["seconds without", Spread.of(without_s).format()],
+            ["time ratio with / without", ratios.format(".4f")],
+            ["% of the fit inside GroupStats' hooks", shares.format(".3f")],
+        ],
     )
-
-
-if __name__ == "__main__":
-    main()

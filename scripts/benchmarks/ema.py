@@ -1,10 +1,5 @@
 """Does a weight EMA help a recipe? Validation accuracy of the final weights and of their EMAs.
 
-Run from the repository root:
-
-    .venv/bin/python scripts/bench_ema.py [--seeds 0 1 2] [--decays 0.99 0.998 0.999]
-        [--data-dir data/cifar10-jpeg] [--config configs/fast.yaml] [-- extra fit arguments]
-
 Each seed is one ``groupwise fit --config CONFIG --seed_everything SEED`` in a fresh process
 with ``groupwise.callbacks.EMAWeightAveraging`` at the largest decay, as a user adds it. An
 EMA changes no training step (it is swapped in for validation only), so every decay is
@@ -13,16 +8,14 @@ updated as the callback updates its own (after every optimizer step, parameters 
 buffers, ``torch.optim.swa_utils.get_ema_avg_fn``); its average for the callback's decay
 is checked to equal the callback's checkpoint exactly. The final training weights and each
 average are then validated with ``groupwise validate`` (the recipe's test-time
-augmentation included), and a table gives val acc per seed and decay.
+augmentation included), and a table gives val acc per seed and decay. Extra arguments
+after ``--`` go to every fit and validation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,12 +24,13 @@ import torch
 from lightning.pytorch import Callback
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.fits import callback_arg, child_fit
+from benchmarks.harness import REPO, Record, add_data_dir, require_data
 
 
 class EMATracks(Callback):
     """One EMA of the weights per decay, written to ``out`` (``{decay: state_dict}``) when
-    training ends. Added to the fit by this script with ``--trainer.callbacks+=``."""
+    training ends. Added to the child fit by class path (``benchmarks.ema.EMATracks``)."""
 
     def __init__(self, out: str, decays: list[float]) -> None:
         self.out, self.decays = out, decays
@@ -84,31 +78,20 @@ def validate(args: argparse.Namespace, seed: int, checkpoint: Path, root: str) -
 
 
 def one_seed(args: argparse.Namespace, seed: int, root: str) -> dict[str, float]:
+    """Val acc of the final weights and of each EMA, for one seed's fit."""
     tracks = Path(root) / f"tracks{seed}.pt"
-    callback = {
-        "class_path": "groupwise.callbacks.EMAWeightAveraging",
-        "init_args": {"decay": max(args.decays)},
-    }
-    recorder = {
-        "class_path": "bench_ema.EMATracks",
-        "init_args": {"out": str(tracks), "decays": args.decays},
-    }
-    command = [
-        str(Path(sys.executable).parent / "groupwise"),
+    arguments = [
         "fit",
         f"--config={args.config}",
         f"--seed_everything={seed}",
         f"--data.data_dir={args.data_dir}",
         f"--trainer.default_root_dir={root}/seed{seed}",
         "--trainer.enable_progress_bar=false",
-        f"--trainer.callbacks+={json.dumps(callback)}",
-        f"--trainer.callbacks+={json.dumps(recorder)}",
+        callback_arg("groupwise.callbacks.EMAWeightAveraging", decay=max(args.decays)),
+        callback_arg("benchmarks.ema.EMATracks", out=str(tracks), decays=args.decays),
         *args.extra,
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), *sys.path])}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"seed {seed}: fit failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    child_fit(arguments, what=f"seed {seed}")
 
     (last,) = Path(root, f"seed{seed}").glob("lightning_logs/version_*/checkpoints/last.ckpt")
     checkpoint = torch.load(last, weights_only=True)
@@ -127,34 +110,31 @@ def one_seed(args: argparse.Namespace, seed: int, root: str) -> dict[str, float]
     return accuracies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fast.yaml")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "cifar10-jpeg")
+    add_data_dir(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--decays", type=float, nargs="+", default=[0.99, 0.995, 0.998, 0.999])
     parser.add_argument("extra", nargs="*", help="after --: arguments for every fit")
-    args = parser.parse_args()
-    if not args.data_dir.is_dir():
-        sys.exit(f"no CIFAR-10 at {args.data_dir}; pass --data-dir (see the README)")
 
+
+def run(args: argparse.Namespace, record: Record) -> None:
+    require_data(args.data_dir)
     rows = {}
     with tempfile.TemporaryDirectory() as root:
         for seed in args.seeds:
             rows[seed] = one_seed(args, seed, root)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[seed].items()))
+    record.add("val_acc", rows)
 
     names = list(rows[args.seeds[0]])
-    print(f"\n{args.config.name} {' '.join(args.extra)}: val acc of the final weights and of")
-    print("their EMA at each decay (per optimizer step)")
-    print("  ".join(f"{h:>10}" for h in ["seed", *names]))
-    for seed, row in rows.items():
-        print("  ".join(f"{v:>10}" for v in [seed, *(f"{row[n]:.4f}" for n in names)]))
+    table = [[seed, *(f"{row[n]:.4f}" for n in names)] for seed, row in rows.items()]
     means = [statistics.mean(row[n] for row in rows.values()) for n in names]
-    print("  ".join(f"{v:>10}" for v in ["mean", *(f"{m:.4f}" for m in means)]))
+    table.append(["mean", *(f"{m:.4f}" for m in means)])
     gains = [statistics.mean(row[n] - row["final"] for row in rows.values()) for n in names]
-    print("  ".join(f"{v:>10}" for v in ["vs final", *(f"{g:+.4f}" for g in gains)]))
-
-
-if __name__ == "__main__":
-    main()
+    table.append(["vs final", *(f"{g:+.4f}" for g in gains)])
+    title = (
+        f"{args.config.name} {' '.join(args.extra)}: val acc of the final weights and of\n"
+        "their EMA at each decay (per optimizer step)"
+    )
+    record.table(title, ["seed", *names], table)

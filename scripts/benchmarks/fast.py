@@ -1,9 +1,4 @@
-"""Time to accuracy of a recipe (default ``configs/fast.yaml``) over several seeds.
-
-Run from the repository root:
-
-    .venv/bin/python scripts/bench_fast.py [--seeds 0 1 2] [--data-dir data/cifar10-jpeg]
-        [--config configs/fast.yaml] [-- extra groupwise fit arguments]
+"""Time to accuracy of a recipe (default configs/fast.yaml) over several seeds.
 
 Each seed is one ``groupwise fit --config CONFIG --seed_everything SEED`` in a fresh process,
 exactly as a user runs it (all default callbacks, TensorBoard, checkpoints), into a
@@ -28,11 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,14 +32,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.fits import callback_arg, child_fit, decode_cache
+from benchmarks.harness import REPO, Record, add_data_dir, require_data
 
 
 class FitTimer(Callback):
     """Writes the fit's timings, final val/acc and peak memory to ``out`` (JSON) at the end.
 
-    Added to the fit by this script with ``--trainer.callbacks+=`` (importable because the
-    script puts its own directory on ``PYTHONPATH``).
+    Added to the child fit by class path (``benchmarks.fast.FitTimer``).
     """
 
     def __init__(self, out: str, process_start: float) -> None:
@@ -80,46 +72,46 @@ class FitTimer(Callback):
 
 
 def fit_once(config: Path, data_dir: Path, seed: int, extra: list[str], root: str) -> dict:
+    """One seed's fit in a fresh process: its wall time and what :class:`FitTimer` wrote."""
     out = Path(root) / f"seed{seed}.json"
     start = time.time()
-    timer = {
-        "class_path": "bench_fast.FitTimer",
-        "init_args": {"out": str(out), "process_start": start},
-    }
-    command = [
-        str(Path(sys.executable).parent / "groupwise"),
+    arguments = [
         "fit",
-        "--config",
-        str(config),
+        "--config", str(config),
         f"--seed_everything={seed}",
         f"--data.data_dir={data_dir}",
         f"--trainer.default_root_dir={root}/seed{seed}",
         "--trainer.enable_progress_bar=false",
-        f"--trainer.callbacks+={json.dumps(timer)}",
+        callback_arg("benchmarks.fast.FitTimer", out=str(out), process_start=start),
         *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), *sys.path])}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    ]  # fmt: skip
+    child_fit(arguments, what=f"seed {seed}")
     wall = time.time() - start
-    if done.returncode != 0:
-        sys.exit(f"seed {seed}: fit failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return {"seed": seed, "wall_s": wall, **json.loads(out.read_text())}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fast.yaml")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "cifar10-jpeg")
+    add_data_dir(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("extra", nargs="*", help="after --: arguments for every fit")
-    args = parser.parse_args()
-    if not args.data_dir.is_dir():
-        sys.exit(f"no CIFAR-10 at {args.data_dir}; pass --data-dir (see the README)")
 
-    from groupwise.data.cifar10 import CIFAR10DataModule
 
-    CIFAR10DataModule(str(args.data_dir), download=False).prepare_data()  # the decode cache
+COLUMNS = [
+    ("seed", "seed", "{}"),
+    ("wall s", "wall_s", "{:.1f}"),
+    ("start s", "start_s", "{:.1f}"),
+    ("train s", "train_s", "{:.1f}"),
+    ("1st step s", "first_step_s", "{:.2f}"),
+    ("val acc", "val_acc", "{:.4f}"),
+    ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+    ("peak GPU MiB", "peak_gpu_mib", "{:.0f}"),
+]
 
+
+def run(args: argparse.Namespace, record: Record) -> None:
+    require_data(args.data_dir)
+    decode_cache(args.data_dir)
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for seed in args.seeds:
@@ -130,46 +122,27 @@ def main() -> None:
                 f" val acc {row['val_acc']:.4f}",
                 flush=True,
             )
-
-    columns = [
-        ("seed", "seed", "{}"),
-        ("wall s", "wall_s", "{:.1f}"),
-        ("start s", "start_s", "{:.1f}"),
-        ("train s", "train_s", "{:.1f}"),
-        ("1st step s", "first_step_s", "{:.2f}"),
-        ("val acc", "val_acc", "{:.4f}"),
-        ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
-        ("peak GPU MiB", "peak_gpu_mib", "{:.0f}"),
-    ]
-    print(
-        f"\n{args.config.name} {' '.join(args.extra)} on {rows[0]['device']}, "
-        f"{rows[0]['epochs']} epochs, {rows[0]['steps']} steps, torch threads "
-        f"{torch.get_num_threads()}"
-    )
-    print("  ".join(f"{name:>12}" for name, _, _ in columns))
+    record.add("seeds", rows)
 
     def cell(value, fmt: str) -> str:
-        return f"{'-' if value is None else fmt.format(value):>12}"
+        return "-" if value is None else fmt.format(value)
 
-    for row in rows:
-        print("  ".join(cell(row[key], fmt) for _, key, fmt in columns))
+    table = [[cell(row[key], fmt) for _, key, fmt in COLUMNS] for row in rows]
     for name, summary in (("median", statistics.median), ("mean", statistics.mean)):
-        values = [
-            None if key == "seed" or rows[0][key] is None else summary(r[key] for r in rows)
-            for _, key, _ in columns
-        ]
-        print(
-            "  ".join(
-                f"{name:>12}" if key == "seed" else cell(value, fmt)
-                for (_, key, fmt), value in zip(columns, values, strict=True)
-            )
+        table.append(
+            [name]
+            + [
+                cell(None if rows[0][key] is None else summary(r[key] for r in rows), fmt)
+                for _, key, fmt in COLUMNS[1:]
+            ]
         )
+    title = (
+        f"{args.config.name} {' '.join(args.extra)} on {rows[0]['device']}, "
+        f"{rows[0]['epochs']} epochs, {rows[0]['steps']} steps"
+    )
+    record.table(title, [name for name, _, _ in COLUMNS], table)
     accs = [r["val_acc"] for r in rows]
     print(
         f"val acc min {min(accs):.4f}, max {max(accs):.4f};"
         f" wall max {max(r['wall_s'] for r in rows):.1f} s"
     )
-
-
-if __name__ == "__main__":
-    main()

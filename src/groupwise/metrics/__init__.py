@@ -1,0 +1,5 @@
+"""Metrics the LightningModule updates (torchmetrics ``Metric`` subclasses)."""
+
+from groupwise.metrics.accuracy import TrainAccuracy
+
+__all__ = ["TrainAccuracy"]
