@@ -19,21 +19,13 @@ TINY = ["--model.net.init_args.widths", "[8, 16, 16]"]
 
 
 def recipe_config(
-    path: Path,
-    images: int = 30,
-    whitening: str | None = None,
-    schedule: bool = False,
-    muon: dict | None = None,
+    path: Path, images: int = 30, whitening: str | None = None, muon: dict | None = None
 ) -> Path:
     """configs/airbench94.yaml with WhiteningInit on ``images`` images (the fabricated data
-    has 60 training images), its class path ``whitening`` where given, the ``filters``
-    group's Muon options updated with ``muon``, and unless ``schedule`` the rules'
-    ``schedule`` key dropped: the per-group schedule is another branch's work (issue 22,
-    section 1), refused by the code until it is merged."""
+    has 60 training images), its class path ``whitening`` where given, and the
+    ``filters`` group's Muon options updated with ``muon``."""
     config = yaml.safe_load(AIRBENCH.read_text())
     for rule in config["model"]["param_groups"]:
-        if not schedule:
-            rule.pop("schedule", None)
         if rule["name"] == "filters":
             rule["optimizer"]["init_args"].update(muon or {})
     (callback,) = config["trainer"]["callbacks"]

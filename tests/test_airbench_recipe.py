@@ -1,9 +1,8 @@
 """configs/airbench94.yaml end to end on the fabricated data (a narrow AirbenchNet, batches
 of 20: 3 steps an epoch, 2 epochs): the groups carry airbench94_muon.py's numbers, every
 group but the whitening bias follows its lr line L403, ``lr x (1 - step / total_steps)``,
-step by step in TensorBoard, and the checkpoint records the recipe's options. The per-group
-schedule of the whitening bias (issue 22, section 1) is dropped here until that branch is
-merged (``airbench_recipe.recipe_config``)."""
+step by step in TensorBoard, the whitening bias its own 3-epoch schedule, and the
+checkpoint records the recipe's options."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from test_host_sync import STEPS as HOST_SYNC_STEPS
 from test_host_sync import fit_args, writes_or_shows
 
 from groupwise.cli import run
-from groupwise.optim.param_groups import ParamGroupError
 
 STEPS = 2 * 3  # 2 epochs of ceil(60 / 20) steps
 BATCH = 2000  # airbench94_muon.py L342
@@ -130,17 +128,11 @@ def test_ordinary_training_steps_of_the_recipe_make_no_host_read(data_dir, tmp_p
 def test_the_whitening_bias_follows_its_own_3_epoch_schedule_then_stays(data_dir, tmp_path):
     """The shipped rule's ``schedule`` (L353, L398, L401): before step s < 9 (3 epochs of 3
     steps) the whitening bias's lr is 0.053 x (1 - s / 9), and from step 9 on it changes no
-    more (the script cuts its gradient off). Skipped until the per-group schedule (issue 22,
-    section 1) is merged."""
-    config = recipe_config(tmp_path / "airbench.yaml", schedule=True)
+    more (the script cuts its gradient off)."""
+    config = recipe_config(tmp_path / "airbench.yaml")
     bias = json.dumps({"class_path": "airbench_recipe.RecordWhitenBias"})
     args = quick(data_dir, tmp_path, *TINY, "--trainer.max_epochs", "4")
-    try:
-        fit = run(["fit", "--config", str(config), *args, f"--trainer.callbacks+={bias}"])
-    except ParamGroupError as error:
-        if "'schedule'" not in str(error):
-            raise
-        pytest.skip("the per-group schedule is not merged yet")
+    fit = run(["fit", "--config", str(config), *args, f"--trainer.callbacks+={bias}"])
     logged = scalars(tmp_path / "lightning_logs" / "version_0")["lr-SGD/whiten_bias"]
     for step, value in logged:
         if step < 9:
