@@ -20,6 +20,7 @@ from groupwise.callbacks import WhiteningInit
 from groupwise.cli import run
 from groupwise.data import CIFAR10DataModule
 from groupwise.data.batch_augment import normalize
+from groupwise.data.cifar10_files import load_split
 from groupwise.errors import ConfigError
 from groupwise.nets import AirbenchNet
 
@@ -39,12 +40,13 @@ def airbench_init_whiten(train_images: torch.Tensor, eps: float = 5e-4) -> torch
     return torch.cat((eigenvectors_scaled, -eigenvectors_scaled))
 
 
-def sample_of(datamodule, count: int) -> torch.Tensor:
-    """The first ``count`` of ``randperm`` seeded with data.seed (0) over the training
-    split, normalised: what the DataModule documents as its ``train_sample``."""
-    images = datamodule.train_set.tensors[0]
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    return normalize(images[order[:count]])
+def sample_of(data_dir, count: int, val_size: int = 20) -> torch.Tensor:
+    """The first ``count`` images after the ``val_size`` held out in ``randperm`` seeded
+    with data.seed (0) over the files' training split, normalised: what the DataModule
+    documents as its ``train_sample`` (and the CPU port of the script whitens with)."""
+    split = load_split(data_dir, "train", cache=False)
+    perm = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))
+    return normalize(split.images[perm[val_size : val_size + count]])
 
 
 def record(out) -> str:
@@ -81,7 +83,7 @@ def whitening(fit):
 
 def test_the_filters_are_airbenchs_init_whiten_of_the_datamodules_sample(first):
     fit = first["fit"]
-    expected = airbench_init_whiten(sample_of(fit.datamodule, 30))
+    expected = airbench_init_whiten(sample_of(fit.datamodule.data_dir, 30))
     assert expected.shape == (24, 3, 2, 2)
     weight = fit.model.net.whiten.weight
     torch.testing.assert_close(weight, expected, rtol=0, atol=0)
@@ -185,11 +187,12 @@ def test_train_sample_is_a_seeded_uniform_sample_and_refuses_what_it_cannot_give
     dm.setup("fit")
     sample = dm.train_sample(60)
     assert sample.dtype == torch.float32 and sample.shape == (60, 3, 32, 32)
-    torch.testing.assert_close(sample, sample_of(dm, 60), rtol=0, atol=0)
+    torch.testing.assert_close(sample, sample_of(data_dir, 60), rtol=0, atol=0)
     # not the first files, which come class by class (the first 6 training images: class 0)
     assert set(dm.train_set.tensors[1][:6].tolist()) == {0}
-    order = torch.randperm(60, generator=torch.Generator().manual_seed(0))
-    assert len(set(dm.train_set.tensors[1][order[:6]].tolist())) > 2
+    labels = load_split(data_dir, "train", cache=False).labels
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(0))
+    assert len(set(labels[order[20:26]].tolist())) > 2
     with pytest.raises(
         ConfigError,
         match=r"asked for 61 training images; the training split has 60 \(data.val_size 20",

@@ -289,11 +289,12 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def train_sample(self, count: int) -> torch.Tensor:
         """``count`` training images as float32, normalised as training batches are but not
-        augmented: the first ``count`` of a permutation of the training split seeded with
-        ``seed`` (the same in every process and every run with that seed). A uniform
-        sample, not the first files: the image-folder layout lists them class by class.
-        For data-dependent inits (``groupwise.callbacks.WhiteningInit``); needs
-        ``setup("fit")`` and the batched path (no ``train_transform``)."""
+        augmented: the first ``count`` training images in the order of the split's seeded
+        permutation (``seed``; the images after the ``val_size`` held out), the same in
+        every process and every run with that seed. A uniform sample, not the first files:
+        the image-folder layout lists them class by class. For data-dependent inits
+        (``groupwise.callbacks.WhiteningInit``); needs ``setup("fit")`` and the batched
+        path (no ``train_transform``)."""
         if self.train_set is None:
             raise RuntimeError("call setup('fit') before asking for training images")
         if self.train_transform is not None:
@@ -307,7 +308,9 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"asked for {count} training images; the training split has {len(images)}"
                 f" (data.val_size {self.val_size} held out)"
             )
-        order = seeded_permutation(len(images), self.seed)[:count]
+        perm = seeded_permutation(len(images) + self.val_size, self.seed)  # as the split
+        picked = perm[self.val_size : self.val_size + count]  # indices into the split
+        order = torch.searchsorted(self.train_indices, picked)  # train_set holds them sorted
         return normalize(images.index_select(0, order), CIFAR10_MEAN, CIFAR10_STD)
 
     # ---- Lightning's data hooks --------------------------------------------------------
