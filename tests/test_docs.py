@@ -61,7 +61,7 @@ NOT_RUN = {
     "sbatch": "needs a SLURM cluster",
     "groupwise sweep": "many full fits (tests/test_sweep*.py run sweeps on fabricated data)",
     "groupwise fit --config configs/airbench94.yaml": (
-        "one step of 2000 images: 2 minutes and 4 GB on a 2-core CPU"
+        "one step of 2000 images: 4 GB of memory and 40 s on a 2-core CPU"
         " (tests/test_airbench_recipe.py fits the recipe with a narrow net)"
     ),
 }
