@@ -60,6 +60,10 @@ NOT_RUN = {
     "torchrun": "a multi-node launch, one agent per node",
     "sbatch": "needs a SLURM cluster",
     "groupwise sweep": "many full fits (tests/test_sweep*.py run sweeps on fabricated data)",
+    "groupwise fit --config configs/airbench94.yaml": (
+        "one step of 2000 images: 4 GB of memory and 40 s on a 2-core CPU"
+        " (tests/test_airbench_recipe.py fits the recipe with a narrow net)"
+    ),
 }
 RUNS = ("fit", "validate", "test", "predict")
 

@@ -40,6 +40,8 @@ def test_every_subpackage_has_an_init(folder):
         "groupwise.optim.WarmupLinearLR",
         "groupwise.optim.Muon",
         "groupwise.nets.FastNet",
+        "groupwise.nets.AirbenchNet",
+        "groupwise.callbacks.WhiteningInit",
     ],
 )
 def test_yaml_class_paths_import(path):

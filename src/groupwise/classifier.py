@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from groupwise.callbacks.finite_loss import FiniteLossGuard
 from groupwise.checkpoint.compat import group_options
 from groupwise.checkpoint.resume_checks import ResumeChecks
+from groupwise.data.tta import TTALevel, tta_level, tta_logits
 from groupwise.errors import ConfigError
 from groupwise.metrics.accuracy import TrainAccuracy
 from groupwise.optim.group_bounds import check_bounds, group_ratios, scaled_bounds
@@ -60,7 +61,18 @@ class Classifier(LightningModule):
         tta_flip: flip test-time augmentation: in validation, test and predict the logits
             are the mean of the net's logits on the images and on their left-right mirror
             images; loss, accuracy and the returned logits are those averaged logits.
-            Training is unaffected.
+            Training is unaffected. The same as ``tta: mirror``.
+        tta: the test-time augmentation level (``groupwise.data.tta``, airbench94's): ``none``,
+            ``mirror`` (as ``tta_flip``) or ``mirror_translate`` (mirror, plus the mirror
+            of the images moved one pixel each way over their reflection). ``None``:
+            ``mirror`` with ``tta_flip: true``, else ``none``.
+        loss_reduction: ``mean`` or ``sum`` of the training step's per-image cross-entropy,
+            the loss Lightning backpropagates. With ``sum`` (airbench94's) the gradient is
+            ``batch_size`` times the mean's, so an SGD lr on the sum is the mean's lr times
+            the batch size (and an lr tuned for one batch size scales with it); Muon's
+            update is normalised, so its lr does not change. Under DDP each device sums
+            over its own batch and DDP averages the devices' gradients. The logged
+            ``train/loss`` and ``val/loss`` are the mean per image either way.
         channels_last: hold the net's 4-D parameters and the input images in the
             ``torch.channels_last`` memory format (faster convolutions on recent GPUs,
             mostly with mixed precision). Only strides change: the state dict's values
@@ -102,6 +114,8 @@ class Classifier(LightningModule):
         compile: bool = False,
         extend_schedule: bool = False,
         lr_multiplier: float = 1.0,
+        tta: TTALevel | None = None,
+        loss_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
         # Under LightningCLI the saved hparams are the config (class paths and init args),
@@ -117,6 +131,12 @@ class Classifier(LightningModule):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.tta_flip = tta_flip
+        self.tta = tta_level(tta, tta_flip)
+        if loss_reduction not in ("mean", "sum"):
+            raise ConfigError(
+                f"model.loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}"
+            )
+        self.loss_reduction = loss_reduction
         self.channels_last = channels_last
         self.compile_net = compile  # not ``self.compile``: that is nn.Module's method
         self.extend_schedule = extend_schedule
@@ -163,21 +183,15 @@ class Classifier(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def _logits(self, images: torch.Tensor, tta: bool) -> torch.Tensor:
-        """The net's logits, or with ``tta`` the mean of those of the images and their
-        mirror images."""
-        if not tta:
-            return self(images)
-        # One forward pass over a batch of 2N (the images, then their mirror images) rather
-        # than two passes of N: cheaper on small batches. The batch's make-up changes no
-        # image's logits because in validation, test and predict Lightning puts the net in
-        # eval mode, where BatchNorm uses its running statistics.
-        both = self(torch.cat([images, images.flip(3)]))
-        return both.unflatten(0, (2, len(images))).mean(0)
+    def _logits(self, images: torch.Tensor, tta: str) -> torch.Tensor:
+        """The net's logits averaged over the views of the TTA level ``tta``
+        (``groupwise.data.tta``; ``"none"``: the net's logits)."""
+        return tta_logits(self, images, tta)
 
     def _loss(
-        self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False
+        self, batch: tuple[torch.Tensor, torch.Tensor], tta: str = "none", reduction: str = "mean"
     ) -> tuple[torch.Tensor, ...]:
+        """The cross-entropy (``reduction`` over the images), the logits and the labels."""
         images, labels = batch
         logits = self._logits(images, tta)
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
@@ -186,10 +200,13 @@ class Classifier(LightningModule):
                 f"(batch, {self.num_classes}): set the net's number of classes to "
                 f"model.num_classes={self.num_classes}"
             )
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), logits, labels
+        loss = F.cross_entropy(
+            logits, labels, label_smoothing=self.label_smoothing, reduction=reduction
+        )
+        return loss, logits, labels
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        loss, logits, labels = self._loss(batch)
+        loss, logits, labels = self._loss(batch, reduction=self.loss_reduction)
         # update, not a call: calling the metric would also compute this batch's accuracy,
         # which nothing reads; the epoch's value is computed once when it is logged.
         self.train_acc.update(logits, labels)
@@ -197,7 +214,8 @@ class Classifier(LightningModule):
             # Only on the steps whose values Lightning writes: self.log costs ~0.3 ms of
             # bookkeeping per call, sync_dist an all-reduce, and prog_bar a host read (.item())
             # after every batch (the progress bar shows the step's loss instead).
-            self.log("train/loss", loss, sync_dist=True)
+            mean = loss / len(labels) if self.loss_reduction == "sum" else loss
+            self.log("train/loss", mean, sync_dist=True)
         return loss
 
     def _writes_logs(self) -> bool:
@@ -225,15 +243,15 @@ class Classifier(LightningModule):
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
         """Log loss and accuracy; return the logits (callbacks such as the confusion
         matrix read them; Lightning 2 keeps no outputs, so nothing accumulates)."""
-        loss, logits, labels = self._loss(batch, tta=self.tta_flip)
+        loss, logits, labels = self._loss(batch, tta=self.tta)
         accuracy(logits, labels)
         self.log(f"{stage}/loss", loss, sync_dist=True, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
         return logits.detach()
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        """Class probabilities for each image (of the flip-averaged logits with ``tta_flip``)."""
-        return self._logits(batch[0], self.tta_flip).softmax(dim=-1)
+        """Class probabilities for each image (of the logits averaged over the ``tta`` views)."""
+        return self._logits(batch[0], self.tta).softmax(dim=-1)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_weights:

@@ -14,6 +14,7 @@ from groupwise.callbacks.progress_bar import ProgressBar
 from groupwise.callbacks.rng_state import RNGStateCheckpoint
 from groupwise.callbacks.run_summary import RunSummary
 from groupwise.callbacks.weight_init import WeightInit
+from groupwise.callbacks.whitening import WhiteningInit
 
 __all__ = [
     "ConfusionMatrix",
@@ -32,5 +33,6 @@ __all__ = [
     "RNGStateCheckpoint",
     "RunSummary",
     "WeightInit",
+    "WhiteningInit",
     "set_group_lr",
 ]

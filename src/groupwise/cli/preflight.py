@@ -6,7 +6,8 @@ the run directory and ``SaveConfigCallback`` has written ``config.yaml`` into it
 behind. The CLI calls ``check_before_fit`` before it creates the trainer: it builds the
 model's optimizer and scheduler once on the real parameters (then drops them; nothing is
 stepped and no parameter changes) and lets every callback that names groups check those
-names against the real groups (``FreezeGroups.check_param_groups``).
+names against the real groups (``FreezeGroups.check_param_groups``), and every callback
+that names a module of the net check that name (``WhiteningInit.check_net``).
 """
 
 from __future__ import annotations
@@ -26,3 +27,6 @@ def check_before_fit(model: Any, callbacks: Iterable[Any]) -> None:
         check = getattr(callback, "check_param_groups", None)
         if callable(check):
             check(optimizer.param_groups)
+        check_net = getattr(callback, "check_net", None)
+        if callable(check_net):
+            check_net(model.net)

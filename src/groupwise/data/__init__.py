@@ -1,4 +1,4 @@
-"""CIFAR-10 data: the DataModule, reading both layouts, batched augmentation."""
+"""CIFAR-10 data: the DataModule, reading both layouts, batched and test-time augmentation."""
 
 from groupwise.data.cifar10 import CIFAR10DataModule, EpochRandomSampler
 from groupwise.data.cifar10_files import (

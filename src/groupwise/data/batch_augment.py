@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,10 @@ from torchvision.transforms.v2 import functional as TF
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+PaddingMode = Literal["constant", "reflect"]
+FlipMode = Literal["random", "alternate", "none"]
+PADDING_MODES: tuple[str, ...] = ("constant", "reflect")
+FLIP_MODES: tuple[str, ...] = ("random", "alternate", "none")
 
 
 def _check_batch(images: torch.Tensor) -> None:
@@ -37,25 +42,49 @@ def crop_flip(
     dx: torch.Tensor,
     flip: torch.Tensor | None,
     padding: int,
+    padding_mode: PaddingMode = "constant",
 ) -> torch.Tensor:
-    """Zero-pad each image by ``padding``, crop back to (H, W) at offset (dy[i], dx[i]), each
+    """Pad each image by ``padding``, crop back to (H, W) at offset (dy[i], dx[i]), each
     in ``[0, 2 * padding]`` (output pixel (y, x) is padded pixel (y + dy, x + dx)), and flip
     left-right the images where ``flip[i]`` is set (``None``: none), in one gather: a
-    flipped image reads its crop's columns right to left, so no flipped copy is made."""
+    flipped image reads its crop's columns right to left, so no flipped copy is made.
+
+    ``padding_mode``: ``"constant"`` pads with zeros; ``"reflect"`` mirrors the image at its
+    border without repeating the edge pixel (``F.pad(..., mode="reflect")``, as
+    airbench94's ``batch_crop`` reads its pre-padded images), so a crop is a translation
+    whose uncovered border shows the image's own reflection; it needs ``padding < H, W``
+    and reads the reflected pixels straight from the image (no padded copy)."""
     _check_batch(images)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if flip is None and padding == 0:
         return images
     n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
-    hp, wp = h + 2 * padding, w + 2 * padding
+    reflect = padding_mode == "reflect"
+    if reflect and padding >= min(h, w):
+        raise ValueError(
+            f"reflect padding of {padding} pixels needs images larger than that, got {h}x{w}"
+        )
+    padded = (
+        F.pad(images, (padding, padding, padding, padding)) if padding and not reflect else images
+    )
+    hp, wp = (h, w) if reflect else (h + 2 * padding, w + 2 * padding)
     rows = dy[:, None] + torch.arange(h, device=images.device)  # (N, H)
     x = torch.arange(w, device=images.device)
     if flip is not None:  # column x of a flipped crop is column w - 1 - x of the crop
         x = torch.where(flip[:, None], w - 1 - x, x)  # (N, W)
     cols = dx[:, None] + x  # (N, W)
+    if reflect:  # padded coordinate -> the image's: -k -> k, size - 1 + k -> size - 1 - k
+        rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
     flat_index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w)  # (N, 1, H*W)
     out = padded.reshape(n, c, hp * wp).gather(2, flat_index.expand(n, c, h * w))
     return out.view(n, c, h, w)
+
+
+def _reflect(coordinate: torch.Tensor, size: int) -> torch.Tensor:
+    """Coordinates in ``[-(size - 1), 2 * (size - 1)]`` mirrored into ``[0, size - 1]``."""
+    coordinate = coordinate.abs()
+    return torch.where(coordinate > size - 1, 2 * (size - 1) - coordinate, coordinate)
 
 
 _MASK32 = 0xFFFFFFFF
@@ -83,17 +112,40 @@ def keyed_bits(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
 
 
 def keyed_crop_flip(
-    images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int, padding: int = 4
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    seed: int,
+    epoch: int,
+    padding: int = 4,
+    padding_mode: PaddingMode = "constant",
+    flip: FlipMode = "random",
 ) -> torch.Tensor:
-    """Random crop (zero padding ``padding``) and horizontal flip, image i's choice keyed by
-    ``(seed, epoch, indices[i])``: the same image in the same epoch is augmented the same
-    way whether the run is resumed, split across DDP ranks, or batched differently."""
-    bits = keyed_bits(seed, epoch, indices.to(images.device))
+    """Random crop (padding ``padding``, ``padding_mode`` as in ``crop_flip``) and horizontal
+    flip, image i's choice keyed by ``(seed, epoch, indices[i])``: the same image in the same
+    epoch is augmented the same way whether the run is resumed, split across DDP ranks, or
+    batched differently.
+
+    ``flip``: ``"random"`` draws each image's flip every epoch; ``"alternate"`` is
+    airbench94's scheme: each image's flip is drawn once (its epoch-0 draw, so epoch 0 is
+    the same as ``"random"``'s) and every odd epoch flips all images the other way, so an
+    image is seen both ways in every two epochs; ``"none"`` flips nothing. Each is a
+    function of (seed, epoch, index), so resumable as the crop is."""
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+    indices = indices.to(images.device)
+    bits = keyed_bits(seed, epoch, indices)
     span = 2 * padding + 1
     dy = (bits & 0xFFFF) % span
     dx = ((bits >> 16) & 0x7FFF) % span
-    flip = (bits >> 31) == 1
-    return crop_flip(images, dy, dx, flip, padding)
+    flips = None
+    if flip == "random":
+        flips = (bits >> 31) == 1
+    elif flip == "alternate":
+        first = bits if epoch == 0 else keyed_bits(seed, 0, indices)
+        flips = (first >> 31) == 1
+        if epoch % 2 == 1:
+            flips = ~flips
+    return crop_flip(images, dy, dx, flips, padding, padding_mode)
 
 
 def normalize(

@@ -21,7 +21,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset, TensorDataset
 
-from groupwise.data.batch_augment import CIFAR10_MEAN, CIFAR10_STD, keyed_crop_flip, normalize
+from groupwise.data.batch_augment import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    FLIP_MODES,
+    PADDING_MODES,
+    FlipMode,
+    PaddingMode,
+    keyed_crop_flip,
+    normalize,
+)
 from groupwise.data.cifar10_files import (
     CIFAR10NotFoundError,
     Split,
@@ -117,8 +126,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         augment: Random crop (zero padding ``crop_padding``) and horizontal flip of training
             batches, on the batched path (ignored when ``train_transform`` is given).
         cache: Cache the decoded images in ``<data_dir>/.groupwise_cache/``.
-        crop_padding: Zero padding (pixels) of the batched random crop, so shifts of up to
+        crop_padding: Padding (pixels) of the batched random crop, so shifts of up to
             that many pixels each way; 0 means flip only, no crop.
+        padding_mode: What the crop's padding shows: ``constant`` zeros (black, before
+            normalisation), or ``reflect`` the image mirrored at its border (airbench94's
+            translation: its ``batch_crop`` of reflect-padded images draws shifts in
+            ``[-crop_padding, crop_padding]`` per axis and image, as this crop does).
+        flip: The batched horizontal flip: ``random`` (each image, each epoch, with
+            probability 1/2), ``alternate`` (airbench94's: each image's flip drawn once,
+            then every odd epoch all images flipped the other way) or ``none``. Both kinds
+            are keyed by (seed, epoch, image index), so a resumed run flips as an unbroken
+            one (``groupwise.data.batch_augment.keyed_crop_flip``).
         train_transform: When given, training batches are built image by image (in the
             DataLoader's workers when ``num_workers > 0``) with this transform in place of
             the batched crop, flip and normalisation. It gets one uint8 tensor ``(C, H, W)``
@@ -168,6 +186,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         augment: bool = True,
         cache: bool = True,
         crop_padding: int = 4,
+        padding_mode: PaddingMode = "constant",
+        flip: FlipMode = "random",
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
         predict_path: str = "test",
@@ -178,6 +198,17 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"crop_padding must be an int >= 0 (pixels of zero padding of the random"
                 f" crop; 0 for flip only), got {crop_padding!r}"
             )
+        if padding_mode not in PADDING_MODES:
+            raise ConfigError(
+                f"padding_mode must be one of {list(PADDING_MODES)}, got {padding_mode!r}"
+            )
+        if padding_mode == "reflect" and crop_padding >= 32:
+            raise ConfigError(
+                f"padding_mode 'reflect' mirrors the 32x32 image at its border, so crop_padding"
+                f" must be below 32, got {crop_padding}"
+            )
+        if flip not in FLIP_MODES:
+            raise ConfigError(f"flip must be one of {list(FLIP_MODES)}, got {flip!r}")
         self._save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.download = download
@@ -188,6 +219,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.augment = augment
         self.cache = cache
         self.crop_padding = crop_padding
+        self.padding_mode = padding_mode
+        self.flip = flip
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.predict_path = predict_path
@@ -253,6 +286,32 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Images in an epoch of training (the training split less ``val_size``), counted
         from the files without decoding (``cifar10_files.count_images``)."""
         return count_images(self.data_dir, "train") - self.val_size
+
+    def train_sample(self, count: int) -> torch.Tensor:
+        """``count`` training images as float32, normalised as training batches are but not
+        augmented: the first ``count`` training images in the order of the split's seeded
+        permutation (``seed``; the images after the ``val_size`` held out), the same in
+        every process and every run with that seed. A uniform sample, not the first files:
+        the image-folder layout lists them class by class. For data-dependent inits
+        (``groupwise.callbacks.WhiteningInit``); needs ``setup("fit")`` and the batched
+        path (no ``train_transform``)."""
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before asking for training images")
+        if self.train_transform is not None:
+            raise ConfigError(
+                "a sample of normalised training images needs the batched path; with"
+                " data.train_transform the training images go through that transform instead"
+            )
+        images = self.train_set.tensors[0]
+        if not 0 < count <= len(images):
+            raise ConfigError(
+                f"asked for {count} training images; the training split has {len(images)}"
+                f" (data.val_size {self.val_size} held out)"
+            )
+        perm = seeded_permutation(len(images) + self.val_size, self.seed)  # as the split
+        picked = perm[self.val_size : self.val_size + count]  # indices into the split
+        order = torch.searchsorted(self.train_indices, picked)  # train_set holds them sorted
+        return normalize(images.index_select(0, order), CIFAR10_MEAN, CIFAR10_STD)
 
     # ---- Lightning's data hooks --------------------------------------------------------
 
@@ -469,7 +528,15 @@ class CIFAR10DataModule(L.LightningDataModule):
             if index is None:
                 raise ValueError("training batches need their dataset indices to augment")
             epoch = self.trainer.current_epoch
-            images = keyed_crop_flip(images, index, global_seed(), epoch, self.crop_padding)
+            images = keyed_crop_flip(
+                images,
+                index,
+                global_seed(),
+                epoch,
+                self.crop_padding,
+                self.padding_mode,
+                self.flip,
+            )
         return normalize(images, CIFAR10_MEAN, CIFAR10_STD)
 
 
