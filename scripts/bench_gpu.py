@@ -50,6 +50,8 @@ import airbench94_cpu as port  # noqa: E402  (scripts/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# Lightning's precision setting for the same autocast
+PRECISIONS = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}
 
 
 def fabricated_data(
@@ -252,7 +254,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     recipe_records = None
     if not (args.dry_run or args.skip_recipe):
-        recipe_records = time_recipe(data_dir=args.data_dir, seeds=seeds, val_size=args.val_size)
+        recipe_records = time_recipe(
+            data_dir=args.data_dir,
+            seeds=seeds,
+            precision=PRECISIONS[args.autocast],
+            val_size=args.val_size,
+        )
 
     print(f"\n{'':10s} {'seed':>5}  {'tta_acc':>8}  {'seconds':>9}")
     for line in summary_rows("port", port_records):
