@@ -75,7 +75,7 @@ def test_two_steps_on_fabricated_data_print_the_table_and_write_the_record(
     assert f"record: {out}" in printed
 
 
-def test_the_same_seed_trains_the_same_weights(folder):
+def test_the_same_seed_gives_the_same_accuracies(folder):
     """One run per process, seeded: two runs with one seed give the same accuracies."""
     argv = ["--data-dir", str(folder), "--val-size", "20", "--batch-size", "20", "--epochs", "1"]
     first = port.main([*argv, "--out", "/dev/null"])
