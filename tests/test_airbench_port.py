@@ -59,6 +59,9 @@ def test_two_steps_on_fabricated_data_print_the_table_and_write_the_record(
     assert record["time_seconds"] == pytest.approx(
         record["whiten_seconds"] + sum(record["epoch_seconds"]) + record["tta_seconds"]
     )
+    # the wall time adds the per-epoch evaluation airbench leaves out of its time
+    assert len(record["eval_seconds"]) == 1
+    assert record["wall_seconds"] >= record["time_seconds"] + record["eval_seconds"][0]
     for acc in (record["acc"], record["tta_acc"]):
         assert 0 <= acc <= 1 and (acc * 20) == pytest.approx(round(acc * 20))  # k of 20 images
     assert record["seed"] == 3 and record["split_seed"] == 0
