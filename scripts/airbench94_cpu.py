@@ -88,6 +88,8 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from torch import nn
 
+from groupwise.errors import ConfigError, exit_on_user_error
+
 #############################################
 #               Muon optimizer              #
 #############################################
@@ -534,7 +536,7 @@ def train(
     wd = 2e-6 * batch_size
 
     if len(train_loader) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {batch_size} is larger than the {len(train_loader.images)} training"
             " images: no full batch to train on (the last partial batch is dropped)"
         )
@@ -664,7 +666,6 @@ def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor,
     ``seeded_permutation(n, seed)``, the first ``val_size`` for validation. The training
     indices keep the permutation's order (the DataModule sorts them; its loader shuffles)."""
     from groupwise.data.cifar10 import seeded_permutation
-    from groupwise.errors import ConfigError
 
     if not 0 <= val_size < n:
         raise ConfigError(f"val_size must be in [0, {n}) for {n} training images, got {val_size}")
@@ -872,7 +873,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--out", default=None, help="JSON record (default: lightning_logs/...)")
     parser.add_argument("--count-flops", action="store_true", help="print FLOPs; do not train")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "limit_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -943,4 +949,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():  # a missing data folder or a bad size: one line, exit 2
+        main()

@@ -283,4 +283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from groupwise.errors import exit_on_user_error
+
+    with exit_on_user_error():  # a missing data folder or a bad size: one line, exit 2
+        main()

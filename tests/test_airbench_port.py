@@ -153,3 +153,15 @@ def test_the_flop_count_is_the_convolutions_and_matmuls_by_hand():
     shapes = [(o, i * 9) for i, o, _ in convs]
     per_step = sum(3 * (2 * m * m * n + 2 * m * m * m + 2 * m * m * n) for m, n in shapes)
     assert parts["Muon Newton-Schulz"] == 8 * per_step
+
+
+def test_bad_sizes_are_one_clear_error_each(folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        port.main(["--data-dir", str(folder), "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "error: --batch-size must be >= 1, got 0" in capsys.readouterr().err
+
+    from groupwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch size 2000 is larger than the 60 training images"):
+        port.main(["--data-dir", str(folder), "--val-size", "20", "--out", "/dev/null"])
