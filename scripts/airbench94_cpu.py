@@ -58,8 +58,9 @@ Changed, each because of the CPU or of the side-by-side comparison with groupwis
    10,000 images evaluated on are the ones a ``groupwise fit`` with ``data.val_size: 10000``
    and ``data.seed`` = ``--split-seed`` validates on; the net trains on the other 40,000 (20
    steps per epoch, 160 in all, the whitening bias's schedule 60). The training images are
-   kept in that permutation's order, so the whitening sees the first 5,000 of a uniform
-   shuffle (the image-folder files come grouped by class; the official batches come shuffled).
+   held in the order of a second seeded permutation, so the whitening's first 5,000 are a
+   uniform sample (the image-folder files come grouped by class; the official batches come
+   shuffled), the same images groupwise's recipe whitens from (``split_indices``).
 6. One run per process, seeded with ``torch.manual_seed(--seed)``; the original runs 200
    unseeded runs after a warm-up run in one process.
 7. Added: ``--epochs``, ``--batch-size`` and ``--limit-steps`` for quick checks (the schedule
@@ -663,14 +664,19 @@ def train(
 
 def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) indices into the training split, as ``CIFAR10DataModule`` holds them out:
-    ``seeded_permutation(n, seed)``, the first ``val_size`` for validation. The training
-    indices keep the permutation's order (the DataModule sorts them; its loader shuffles)."""
+    ``seeded_permutation(n, seed)``, the first ``val_size`` for validation, the rest (sorted)
+    for training. The training indices come in the order of ``seeded_permutation(n - val_size,
+    seed)`` over the sorted ones, so the first 5,000, which the whitening is computed from
+    (the original's ``train_loader.images[:5000]``), are the DataModule's
+    ``train_sample(5000)``, the images groupwise's ``WhiteningInit`` uses: a uniform sample
+    (image-folder files come grouped by class; the official batches come shuffled)."""
     from groupwise.data.cifar10 import seeded_permutation
 
     if not 0 <= val_size < n:
         raise ConfigError(f"val_size must be in [0, {n}) for {n} training images, got {val_size}")
     perm = seeded_permutation(n, split_seed)
-    return perm[val_size:], perm[:val_size]
+    train = perm[val_size:].sort().values
+    return train[seeded_permutation(len(train), split_seed)], perm[:val_size]
 
 
 def load_data(

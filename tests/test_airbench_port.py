@@ -15,7 +15,7 @@ from fake_cifar import write_image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groupwise.data.cifar10 import CIFAR10DataModule
+from groupwise.data.cifar10 import CIFAR10DataModule, seeded_permutation
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "airbench94_cpu.py"
 
@@ -105,6 +105,11 @@ def test_the_held_out_images_are_the_datamodules(folder, val_size, split_seed):
     assert torch.equal(train_idx[order], dm.train_indices)
     assert torch.equal(train_images[order], dm.train_set.tensors[0])
     assert torch.equal(train_labels[order], dm.train_set.tensors[1])
+    # the whitening's images (the first ones) are the DataModule's train_sample: the first of
+    # seeded_permutation(training images, data.seed) over its sorted training images
+    sample = seeded_permutation(80 - val_size, split_seed)[:5000]
+    count = len(sample)
+    assert torch.equal(train_images[:count], dm.train_set.tensors[0][sample])
 
 
 def test_a_val_size_out_of_range_is_one_clear_error(folder):
