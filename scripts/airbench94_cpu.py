@@ -43,9 +43,10 @@ Changed, each because of the CPU or of the side-by-side comparison with groupwis
 1. float32 everywhere (the original keeps the net in float16 and the batch norms in float32):
    this CPU has no fast float16. ``--autocast`` (used by ``scripts/bench_gpu.py``) runs the
    forward pass in bfloat16 or float16 autocast instead.
-2. Newton-Schulz in float32 (``--ns-dtype``, default ``auto``: bfloat16 on a GPU or a CPU with
-   AVX-512, float32 otherwise); the original runs it in bfloat16, which a CPU with only AVX2
-   emulates at ~20x the cost (issue 22, section 3).
+2. Newton-Schulz in float32 (``--ns-dtype``, default ``auto``: bfloat16 where the device
+   multiplies it in hardware, a recent GPU or a CPU with AVX512-BF16 or AMX, float32
+   otherwise, as groupwise's ``ns_dtype: auto``); the original runs it in bfloat16, which a
+   CPU with only AVX2 emulates at ~20x the cost (issue 22, section 3).
 3. No ``torch.compile`` (``--compile`` turns it on for the net and the Newton-Schulz
    function, with the original's ``max-autotune`` mode); the original compiles both and runs
    a warm-up run first. ``channels_last`` as the original and groupwise's recipe
@@ -740,12 +741,21 @@ def machine_line(record: dict[str, Any]) -> str:
     return line + (f", GPU {record['gpu']}" if "gpu" in record else "")
 
 
+# the CPU instructions that multiply bfloat16 matrices in hardware, as torch.cpu names them
+CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
 def fast_bfloat16(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls are native on ``device``: a GPU, or a CPU with AVX-512
-    (torch dispatches to AVX-512 kernels); with AVX2 only they are emulated, ~20x slower."""
-    if device.type != "cpu":
-        return True
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a GPU of compute
+    capability 8.0 or newer, or a CPU with AVX512-BF16, AMX-BF16 or ARM's BF16; elsewhere
+    (an AVX2 CPU, or AVX-512 without BF16) bfloat16 is emulated, ~20x float32's time. The
+    rule of groupwise's ``ns_dtype: auto`` (``groupwise.optim.muon.auto_ns_dtype`` on
+    branch main), so the port and the recipe pick the same dtype."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(flag) for flag in CPU_BFLOAT16_FLAGS)
 
 
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -859,8 +869,8 @@ def print_flops(n_train: int, n_eval: int, batch_size: int, epochs: int) -> dict
 ############################################
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options, on ``parser`` (this script's own, or a benchmark entry point's)."""
     parser.add_argument("--data-dir", default="data/cifar10-jpeg", help="CIFAR-10 data folder")
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed of the run")
     parser.add_argument(
@@ -879,17 +889,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--out", default=None, help="JSON record (default: lightning_logs/...)")
     parser.add_argument("--count-flops", action="store_true", help="print FLOPs; do not train")
-    args = parser.parse_args(argv)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse's one-line error (exit 2) for a size below 1."""
     for name in ("epochs", "batch_size", "limit_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train once (or count FLOPs), print airbench's table and write the JSON record."""
-    args = parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    return run(args, argv)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """What ``main`` does once the options are parsed (``argv``: kept in the record)."""
     if args.count_flops:
         result = print_flops(50_000, 10_000, args.batch_size, args.epochs)
         n_train = 50_000 - args.val_size

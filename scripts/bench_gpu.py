@@ -26,7 +26,7 @@ as the CPU port (the DataModule's held-out ``--val-size`` images, ``--split-seed
 of 8 an epoch, 4 epochs: the whitening bias trains in the first 3 steps only; 1 run), with
 ``torch.compile``'s ``eager`` backend (Dynamo traces, nothing is generated),
 ``time.perf_counter`` in place of the CUDA events, and Newton-Schulz in float32 where the CPU
-lacks AVX-512 (bfloat16 is emulated there; the autocast convolutions still are: ~35 s in all).
+lacks bfloat16 instructions (emulated there; the autocast convolutions still are: ~35 s in all).
 
 The groupwise side (``time_recipe``) is for the lead to finish once ``configs/airbench94.yaml``
 exists; see its TODO.
@@ -205,8 +205,8 @@ def summary_rows(name: str, records: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options, on ``parser`` (this script's own, or a benchmark entry point's)."""
     parser.add_argument("--data-dir", default="data/cifar10-jpeg")
     parser.add_argument(
         "--runs", type=int, default=None,
@@ -221,12 +221,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the same code paths on the CPU on fabricated data, in seconds",
     )  # fmt: skip
     parser.add_argument("--skip-recipe", action="store_true", help="time the port only")
-    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the port (and the recipe), print one table, write the JSON record."""
-    args = parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv), argv)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """What ``main`` does once the options are parsed (``argv``: kept in the record)."""
     autocast = AUTOCAST_DTYPES[args.autocast]
     seeds = list(range(args.runs if args.runs is not None else 1 if args.dry_run else 5))
     if args.dry_run:
@@ -234,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data = fabricated_data(8, 8)
         device, batch_size, epochs = torch.device("cpu"), 8, 4
         backend, timer_class = "eager", port.PerfCounterTimer
-        # bfloat16 is emulated on a CPU without AVX-512 (~0.8 s per Newton-Schulz call)
+        # bfloat16 is emulated on a CPU without bfloat16 instructions (~0.8 s a Newton-Schulz)
         ns_dtype = port.resolve_ns_dtype("auto", device)
     else:
         if not torch.cuda.is_available():

@@ -26,7 +26,7 @@ def load(name: str):
 bench_gpu = load("bench_gpu")
 
 
-@pytest.mark.slow  # ~35 s: bfloat16 autocast is emulated on a CPU without AVX-512
+@pytest.mark.slow  # ~35 s: bfloat16 autocast is emulated on a CPU without bfloat16 instructions
 def test_dry_run_warms_up_then_times_one_run_and_writes_the_record(tmp_path, capsys):
     out = tmp_path / "bench_gpu.json"
     record = bench_gpu.main(["--dry-run", "--out", str(out)])
