@@ -15,4 +15,6 @@ REGISTRY: dict[str, str] = {
     "group_stats": "benchmarks.group_stats",
     "step_cost": "benchmarks.step_cost",
     "muon_ns": "benchmarks.muon_ns",
+    "airbench": "benchmarks.airbench",
+    "gpu": "benchmarks.gpu",
 }
