@@ -66,7 +66,8 @@ Changed, each because of the CPU or of the side-by-side comparison with groupwis
    unseeded runs after a warm-up run in one process.
 7. Added: ``--epochs``, ``--batch-size`` and ``--limit-steps`` for quick checks (the schedule
    keeps the length the epochs and batch size give; ``--limit-steps`` only stops early), a
-   JSON record of the run (``--out``), and ``--count-flops``.
+   JSON record of the run (``--out``), ``--count-flops``, and ``CifarNet(widths=...)`` (the
+   original's widths by default; narrow ones in ``bench_gpu.py``'s dry run).
 8. Memory only: the loader frees its normalised and pre-flipped copies of the training images
    once the padded copy is made (never read again when translating; -1 GB of ~7 GB at batch
    2000 on 40,000 images).
@@ -335,11 +336,13 @@ class ConvGroup(nn.Module):
 
 
 class CifarNet(nn.Module):
-    """The original's net, in float32 (change 1: no ``.half()`` of the non-norm modules)."""
+    """The original's net, in float32 (change 1: no ``.half()`` of the non-norm modules).
+    ``widths``: the original's (64, 256, 256) unless given (change 7; the GPU benchmark's
+    dry run uses narrow ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, widths: dict[str, int] | None = None) -> None:
         super().__init__()
-        widths = dict(block1=64, block2=256, block3=256)
+        widths = widths or dict(block1=64, block2=256, block3=256)
         whiten_kernel_size = 2
         whiten_width = 2 * 3 * whiten_kernel_size**2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel_size, padding=0, bias=True)
