@@ -54,16 +54,19 @@ first epoch's seconds with the others'); and whether the template's per-step wor
 every 5 steps, the progress bar, ``FiniteLossGuard``) costs on a 2.6-second run what the
 CPU's ratio suggests.
 
-Time (the 10-minute limit on one H100, estimated, not measured): the host-sync test ~30 s
-(pytest start, two 30-step fits); reading 50,000 JPEGs into the decode cache once ~1 min
-(on 16 cores; later reads load the cache: seconds); the port's warm-up ~1-3 min
-(max-autotune compiles and benchmarks kernels for the forward, the backward and the TTA
-shapes); the recipe's warm-up fit ~1-2 min (default Inductor mode, training and
-evaluation graphs); each pair then ~20 s (the port ~3 s as airbench's 2.6 s on an A100
-plus its untimed per-epoch evaluation; a fit ~15 s: the CLI and the DataModule's setup
-from the cache, the sanity check, 160 steps, checkpoints). About 5-7 minutes for 5 pairs;
-``--budget-s`` (540 s by default) stops starting pairs once the next would pass it, so the
-warm-ups are the only part not bounded.
+Time (the 10-minute limit on one H100; an estimate from the parts, not a measurement):
+the host-sync test ~30 s (pytest's start, ~8 s on the 2-core CI machine, and one 30-step
+fit); reading the 50,000 JPEGs once (``load_data`` writes the decode cache: 7 s on the
+2-core CPU, ``docs/benchmarks.md``'s cold start; every later read loads the cache in about
+0.5 s); the port's warm-up ~1-3 min (max-autotune compiles and benchmarks kernels for the
+forward, the backward and the TTA shapes); the recipe's warm-up fit ~1-2 min (Inductor's
+default mode: the training and evaluation graphs); then each pair ~20 s (the port ~3 s,
+airbench's 2.59 s on an A100 scaled by the 40,000 of 50,000 images and an H100's speed,
+plus its untimed per-epoch evaluation; a fit ~15 s: the CLI, the DataModule's setup from
+the cache, the sanity check, 160 steps, a checkpoint per epoch). About 5-7 minutes for 5
+pairs. ``--budget-s`` (540 s by default) starts no pair that would end after it (the last
+pair's time x 1.25 from now), so past the warm-ups the run stays within the limit even
+where the estimate is wrong; the table says how many pairs ran.
 
 ``--dry-run``: the same calls on the CPU, on 16 fabricated images written as a CIFAR-10
 image folder that both sides read (8 held out, 8 trained on in one batch of 8 an epoch, 4
@@ -168,8 +171,14 @@ class PortRuns:
         return self._train("warmup", torch.randint(0, 10, self.data[1].shape))
 
     def run(self, seed: int) -> dict[str, Any]:
+        """One timed run; its record, with how many graphs Dynamo compiled during it (0
+        when the warm-up's are reused)."""
         torch.manual_seed(seed)
-        return {"seed": seed, **self._train(seed, self.data[1])}
+        graphs = gpu_recipe.dynamo_graphs()
+        result = self._train(seed, self.data[1])
+        after = gpu_recipe.dynamo_graphs()
+        compiled = None if graphs is None or after is None else after - graphs
+        return {"seed": seed, **result, "graphs_compiled": compiled}
 
 
 def mean_or_none(values: Sequence[float | None]) -> float | None:

@@ -45,6 +45,7 @@ def test_dry_run_times_the_port_and_the_recipe_and_prints_one_table(tmp_path, ca
     assert (port["steps"], port["total_train_steps"], port["whiten_bias_train_steps"]) == (4, 4, 3)
     assert len(port["epoch_seconds"]) == 4 and len(port["val_acc_per_epoch"]) == 4
     assert 0 <= port["tta_acc"] <= 1 and (port["tta_acc"] * 8).is_integer()  # k of 8 images
+    assert port["graphs_compiled"] == 0  # the warm-up run compiled them
 
     (recipe,) = record["recipe"]
     assert (recipe["seed"], recipe["steps"], recipe["precision"]) == (0, 4, "bf16-mixed")
@@ -136,10 +137,17 @@ def test_the_host_sync_row_reads_pytests_outcome(tmp_path):
     assert cuda_host_sync.outcome_of(report) == ("passed", "")
 
 
+def test_the_host_sync_row_names_a_cuda_test_that_exists():
+    path, name = cuda_host_sync.TEST.split("::")
+    source = (SCRIPTS.parent / path).read_text()
+    assert f"def {name}(" in source and "set_sync_debug_mode" in source
+
+
+@pytest.mark.slow  # ~8-10 s: pytest's start in the child
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the child runs the test")
 def test_the_host_sync_test_runs_in_a_child_pytest_and_skips_without_cuda():
     """The path a GPU run takes, on the CPU: the child pytest runs the test, which skips
-    itself without CUDA (~8 s: pytest's start)."""
+    itself without CUDA."""
     result = cuda_host_sync.run_test(skip_without_cuda=False)
     assert (result["outcome"], result["returncode"]) == ("skipped", 0), result["output_tail"]
     assert "needs CUDA" in result["message"]
