@@ -317,8 +317,9 @@ def _run(args, argv, table, dry_folder: Path | None) -> dict[str, Any]:
         fit = gpu_recipe.fit_args(
             seed, data_dir=data_dir, root=root, precision=PRECISIONS[args.autocast],
             accelerator=accelerator, epochs=epochs, val_size=val_size,
-            split_seed=args.split_seed, compile=compile_net, batch_size=batch_size if
-            dry_folder else None, widths=widths, whitening_images=whitening_images,
+            split_seed=args.split_seed, compile=compile_net,
+            batch_size=batch_size if dry_folder else None,  # else the config's 2000
+            widths=widths, whitening_images=whitening_images,
         )  # fmt: skip
         return gpu_recipe.timed_fit(seed, fit)
 

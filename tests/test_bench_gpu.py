@@ -50,6 +50,7 @@ def test_dry_run_times_the_port_and_the_recipe_and_prints_one_table(tmp_path, ca
     (recipe,) = record["recipe"]
     assert (recipe["seed"], recipe["steps"], recipe["precision"]) == (0, 4, "bf16-mixed")
     assert len(recipe["epoch_seconds"]) == 4
+    assert recipe["whitened_images"] == [8]  # the config's WhiteningInit ran, on all 8
     assert len(recipe["validation_seconds"]) == 1  # once, after the last epoch (TTA)
     assert recipe["metrics"]["val/acc"] == recipe["tta_acc"]
     assert (recipe["tta_acc"] * 8).is_integer()  # the same 8 held-out images
@@ -120,6 +121,25 @@ def test_the_timed_callbacks_wrap_the_shipped_whitening_init():
     dry = gpu_recipe.timed_callbacks(AIRBENCH, whitening_images=8, eager_compile=True)
     assert dry[1]["init_args"] == {**whitening["init_args"], "images": 8}
     assert dry[-1] == {"class_path": "benchmarks.gpu_recipe.EagerCompile"}
+
+
+def test_a_gpu_fit_runs_the_shipped_recipe_compiled_on_the_gpu():
+    args = gpu_recipe.fit_args(
+        3, data_dir="data/cifar10-jpeg", root="runs", precision="bf16-mixed",
+        accelerator="gpu", epochs=8, val_size=10_000, split_seed=0, compile=True,
+    )  # fmt: skip
+    assert args[:3] == ["fit", "--config", str(AIRBENCH)]
+    for option in [
+        "--seed_everything=3", "--data.val_size=10000", "--data.seed=0",
+        "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed",
+        "--trainer.max_epochs=8", "--trainer.check_val_every_n_epoch=8",
+        "--model.channels_last=true", "--model.compile=true",
+    ]:  # fmt: skip
+        assert option in args
+    # the config's batch size and net; its WhiteningInit on its 5,000 images; no eager compile
+    assert not [a for a in args if a.startswith(("--data.batch_size", "--model.net"))]
+    (callbacks,) = [a for a in args if a.startswith("--trainer.callbacks=")]
+    assert json.loads(callbacks.partition("=")[2]) == gpu_recipe.timed_callbacks(AIRBENCH)
 
 
 def test_the_host_sync_row_reads_pytests_outcome(tmp_path):

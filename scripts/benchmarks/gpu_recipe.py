@@ -207,8 +207,8 @@ def dynamo_graphs() -> int | None:
 def timed_fit(seed: int, args: list[str]) -> dict[str, Any]:
     """Run one fit (``args`` from :func:`fit_args`) and return what the record holds: the
     timer's seconds, the final (TTA) validation accuracy, the steps, the precision Lightning
-    ran in, and how many graphs Dynamo compiled during the fit (0 when it reused the
-    warm-up fit's)."""
+    ran in, on how many images each ``WhiteningInit`` computed its filters, and how many
+    graphs Dynamo compiled during the fit (0 when it reused the warm-up fit's)."""
     from groupwise.cli import run
 
     graphs = dynamo_graphs()
@@ -220,6 +220,7 @@ def timed_fit(seed: int, args: list[str]) -> dict[str, Any]:
     if timer.result is None:
         raise RuntimeError("the timed fit ended without reaching on_fit_end")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    whitening = [c for c in trainer.callbacks if type(c).__name__ == "WhiteningInit"]
     after = dynamo_graphs()
     return {
         "seed": seed,
@@ -228,6 +229,7 @@ def timed_fit(seed: int, args: list[str]) -> dict[str, Any]:
         "wall_seconds": wall,
         "steps": trainer.global_step,
         "precision": str(trainer.precision),
+        "whitened_images": [c.images for c in whitening if c.computed],
         "graphs_compiled": None if graphs is None or after is None else after - graphs,
         "metrics": metrics,
         "log_dir": trainer.log_dir,
