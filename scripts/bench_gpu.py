@@ -271,6 +271,10 @@ def run(
 ) -> dict[str, Any]:
     """What ``main`` does once the options are parsed (``argv``: kept in the record;
     ``table(title, header, rows)`` prints the table, e.g. a harness ``Record.table``)."""
+    from groupwise.errors import ConfigError
+
+    if args.runs is not None and args.runs < 1:
+        raise ConfigError(f"--runs must be at least 1 (one pair of runs), got {args.runs}")
     if args.dry_run:
         with tempfile.TemporaryDirectory() as folder:
             return _run(args, argv, table, Path(folder))

@@ -80,6 +80,16 @@ def test_dry_run_times_the_port_and_the_recipe_and_prints_one_table(tmp_path, ca
     assert f"record: {out}" in printed
 
 
+def test_zero_runs_is_one_clear_error(tmp_path):
+    from groupwise.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^--runs must be at least 1 \(one pair of runs\), got 0$"
+    ):
+        bench_gpu.main(["--dry-run", "--runs", "0", "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_the_table_has_each_run_the_means_the_ratio_and_the_host_sync_row():
     def run(seed, acc, seconds, **extra):
         return {"seed": seed, "tta_acc": acc, "time_seconds": seconds, **extra}
