@@ -291,3 +291,13 @@ def test_a_misspelt_option_of_a_class_is_one_line_with_the_nearest(
     _, stderr = parse_error(capsys, root, data_dir, f"--{option}", "1")
     assert stderr.count("\n") == 1 and stderr.startswith('error: Parser key "model.optimizer"')
     assert f"(did you mean '{nearest}'?)" in stderr
+
+
+def test_a_two_letter_init_arg_typo_gets_the_nearest_one(fit_parser, capsys):
+    """Found by the 1500-case property in CI: ``--model.optimizer.init_args.ar`` (``lr``
+    with one letter replaced) got no hint, as difflib's ratio of two 2-letter names (0.5)
+    is below its cutoff; the name with its ``init_args.`` prefix is compared then."""
+    with pytest.raises(SystemExit) as stop:
+        fit_parser.parse_args(["--model.optimizer.init_args.ar", "1"])
+    assert stop.value.code == 2
+    assert "(did you mean 'init_args.lr'?)" in capsys.readouterr().err

@@ -56,7 +56,11 @@ def nearest_key(message: str, parser: LightningArgumentParser) -> str:
     elif key:
         unknown, dashes = ".".join(k for k in key.groups() if k), ""
     elif init_arg:  # in a class's init_args: jsonargparse names the class it built
-        return did_you_mean(init_arg[1] or init_arg[2], init_parameters(init_arg[3]))
+        name, names = init_arg[1] or init_arg[2], init_parameters(init_arg[3])
+        # two short names ('ar' for 'lr') fall below difflib's cutoff: compare them with
+        # their init_args. prefix then
+        long = [n for n in names if n.startswith("init_args.")]
+        return did_you_mean(name, names) or did_you_mean(f"init_args.{name}", long)
     else:
         return ""
     try:
