@@ -142,6 +142,30 @@ def test_freeze_groups_keeps_a_group_on_its_own_schedule_from_updating_while_its
     ]
 
 
+@pytest.mark.filterwarnings("ignore:parameter group 'filters'")
+def test_a_parameter_frozen_by_someone_else_stays_frozen_while_its_group_s_curve_runs():
+    """freeze_at_end undoes only its own freezing: a filter frozen at epoch 1 by the user's
+    own callback (``requires_grad=False``, as Lightning's ``BaseFinetuning`` freezes) stays
+    frozen through the steps of its group's unfinished curve, and its weights unchanged."""
+
+    class FreezeConvAtEpoch1(Callback):
+        seen: list[torch.Tensor] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                pl_module.net.conv.weight.requires_grad_(False)
+
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self.seen.append(pl_module.net.conv.weight.detach().clone())
+
+    spec = {"shape": "linear", "epochs": 3, "freeze_at_end": True}
+    freezer = FreezeConvAtEpoch1()
+    record = fit(model_of(spec), epochs=2, callbacks=[freezer])
+    assert [g["filters"] for g in record.requires_grad] == [True] * 4 + [False] * 4
+    assert [g["filters"] for g in record.no_grad] == [False] * 4 + [True] * 4
+    assert all(torch.equal(freezer.seen[3], later) for later in freezer.seen[4:])
+
+
 SHAPES = st.sampled_from(["linear", "cosine", "constant", "warmup_linear", "warmup_cosine"])
 
 

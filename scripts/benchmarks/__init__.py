@@ -16,5 +16,6 @@ REGISTRY: dict[str, str] = {
     "step_cost": "benchmarks.step_cost",
     "muon_ns": "benchmarks.muon_ns",
     "airbench": "benchmarks.airbench",
+    "airbench_fit": "benchmarks.airbench_fit",
     "gpu": "benchmarks.gpu",
 }

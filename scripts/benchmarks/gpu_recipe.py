@@ -172,13 +172,17 @@ def fit_args(
     batch_size: int | None = None,
     widths: list[int] | None = None,
     whitening_images: int | None = None,
+    eager_compile: bool | None = None,
 ) -> list[str]:
     """The ``groupwise`` arguments of one timed fit: the shipped config, the held-out
     split the port evaluates on (``val_size``, ``data.seed`` = ``split_seed``),
-    ``precision``, ``channels_last``, ``compile`` (False: :class:`EagerCompile` instead),
-    validation once, after the last epoch. ``batch_size``, ``widths`` and
+    ``precision``, ``channels_last``, ``compile`` (False: :class:`EagerCompile` instead,
+    unless ``eager_compile`` is False: the CPU comparison runs the net uncompiled, as the
+    port there), validation once, after the last epoch. ``batch_size``, ``widths`` and
     ``whitening_images``: the dry run's smaller sizes."""
-    callbacks = timed_callbacks(config, whitening_images, eager_compile=not compile)
+    if eager_compile is None:
+        eager_compile = not compile
+    callbacks = timed_callbacks(config, whitening_images, eager_compile=eager_compile)
     return [
         "fit", "--config", str(config), f"--seed_everything={seed}",
         f"--data.data_dir={data_dir}", f"--data.val_size={val_size}",

@@ -216,7 +216,9 @@ class GroupSchedules(OnGroups):
     parameters get ``requires_grad=False``, so backward computes no gradient for them and
     the optimizer skips them (no update, no weight decay, no momentum). This is applied
     after each step and after ``load_state_dict`` (a resume past the end freezes them
-    again), and undone for a curve that has not ended. With ``freeze=False`` (the
+    again), and undone only for the groups it froze itself whose curve has not ended (a
+    state from before the end): a parameter frozen by anyone else (the user's callback,
+    Lightning's ``BaseFinetuning``) is left as it is. With ``freeze=False`` (the
     Classifier passes it under DDP, whose reducer expects a gradient for every parameter
     it wrapped: a parameter that stops requiring one fails plain ``ddp``'s next step) the
     group keeps its gradient and its lr stays 0: the same weights, without the saving.
@@ -231,6 +233,7 @@ class GroupSchedules(OnGroups):
         self, optimizer: Optimizer, steps_per_epoch: int | None, freeze: bool = True
     ) -> None:
         self.freeze = freeze
+        self._frozen_here: list[str] = []  # the groups whose freezing this object did
         indices = scheduled_indices(optimizer)
         groups = [optimizer.param_groups[i] for i in indices]
         names = [group.get("name", f"pg{i}") for i, group in zip(indices, groups, strict=True)]
@@ -268,9 +271,14 @@ class GroupSchedules(OnGroups):
             return
         frozen = set(self.frozen())
         for name, group in zip(self.names, self.view.param_groups, strict=True):
-            if group[SCHEDULE_KEY]["freeze_at_end"]:
-                for param in group["params"]:
-                    param.requires_grad_(name not in frozen)
+            if (name in frozen) == (name in self._frozen_here):
+                continue  # unchanged since the last call: touch nothing
+            for param in group["params"]:
+                param.requires_grad_(name not in frozen)
+            if name in frozen:
+                self._frozen_here.append(name)
+            else:
+                self._frozen_here.remove(name)
 
 
 def check_lengths(schedules: GroupSchedules, run_steps: int | None) -> None:
