@@ -306,6 +306,8 @@ REFUSED = {
                            "trainer.gradient_clip_algorithm"),
     "batches per epoch": (["--trainer.limit_train_batches", "3"],
                           "trainer.limit_train_batches"),
+    "loss reduction": (["--model.loss_reduction", "sum"], "model.loss_reduction"),
+    "label smoothing": (["--model.label_smoothing", "0.1"], "model.label_smoothing"),
     "group lr scale": (["--model.param_groups", json.dumps(
         [{"name": "features", "modules": ["features"]},
          {"name": "classifier", "modules": ["classifier"], "lr_scale": 5}])],
@@ -316,6 +318,7 @@ ALLOWED = {
     "progress bar": ["--trainer.enable_progress_bar", "true"],
     "model summary": ["--trainer.enable_model_summary", "true"],
     "group stats interval": ["--group_stats.every_n_steps", "2"],
+    "test-time augmentation": ["--model.tta", "mirror"],
 }
 SAVED_WITH = ["--trainer.max_epochs", "1", "--trainer.gradient_clip_val", "1.0"]
 
@@ -346,7 +349,7 @@ def check_settings_change(runs: Runs, saved: Path, changes: tuple[list[str], lis
     assert message.startswith(f"checkpoint {saved} was trained with other ")
     for change in refused:
         assert f"  {REFUSED[change][1]}" in message, (change, message)
-    for key in ("log_every_n_steps", "progress_bar", "model_summary", "every_n_steps"):
+    for key in ("log_every_n_steps", "progress_bar", "model_summary", "every_n_steps", "tta"):
         assert key not in message  # what may change is not named
     assert not list(root.rglob("*.ckpt"))  # stopped before training: nothing saved
 

@@ -18,7 +18,7 @@ from cli_run import LENET, quick
 from fault_injection import RecordTrainStart
 from file_snapshot import assert_kept, snapshot
 
-from groupwise.checkpoint.compat import SETTINGS_KEY
+from groupwise.checkpoint.compat import SETTINGS_KEY, settings_differences
 from groupwise.checkpoint.io import CheckpointError, load_checkpoint_file
 from groupwise.cli import run
 
@@ -57,6 +57,8 @@ def test_the_checkpoint_records_the_settings_as_configured(root):
         "from_trainer": [],
     }
     assert settings["training"] == {
+        "model.loss_reduction": "mean",
+        "model.label_smoothing": 0.0,
         "model.scheduler_interval": "epoch",
         "trainer.accumulate_grad_batches": 1,
         "trainer.gradient_clip_val": None,
@@ -134,6 +136,15 @@ TRAINING_CHANGES = {
         ["--trainer.limit_train_batches", "2"],
         ["trainer.limit_train_batches: config 2, checkpoint 1.0"],
     ),
+    # the loss decides every gradient: a summed loss is the mean's gradient x the batch size
+    "loss reduction": (
+        ["--model.loss_reduction", "sum"],
+        ["model.loss_reduction: config sum, checkpoint mean"],
+    ),
+    "label smoothing": (
+        ["--model.label_smoothing", "0.2"],
+        ["model.label_smoothing: config 0.2, checkpoint 0.0"],
+    ),
 }  # fmt: skip
 TRAINING_HEADER = "other optimizer, scheduler or training settings"
 
@@ -158,11 +169,12 @@ def test_a_resume_with_other_training_settings_names_each_one(root, data_dir, ch
     assert_kept(root, before)
 
 
-def test_logging_and_the_progress_bar_may_change_on_resume(root, data_dir, tmp_path):
+def test_logging_the_progress_bar_and_tta_may_change_on_resume(root, data_dir, tmp_path):
     recorder = json.dumps({"class_path": "fault_injection.RecordTrainStart"})
     done = resume(
         data_dir, root, "--trainer.default_root_dir", str(tmp_path),
         "--trainer.log_every_n_steps", "7", "--trainer.enable_progress_bar", "true",
+        "--model.tta", "mirror",  # evaluation only: the training steps are the same
         f"--trainer.callbacks+={recorder}",
     )  # fmt: skip
     (recording,) = [c for c in done.trainer.callbacks if isinstance(c, RecordTrainStart)]
@@ -225,3 +237,18 @@ def test_a_checkpoint_without_recorded_settings_resumes_with_a_warning(root, dat
     argv = quick(data_dir, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", str(path))
     with pytest.warns(UserWarning, match=re.escape(f"checkpoint {path} records no optimizer")):
         run(["fit", "--config", LENET, *argv])
+
+
+def test_a_checkpoint_that_predates_the_loss_settings_resumes(root):
+    """Checkpoints saved before the loss options were recorded have no such keys: nothing
+    to compare, no difference (the settings it does record are still compared)."""
+    saved = load_checkpoint_file(root / LAST)[SETTINGS_KEY]
+    older = {**saved, "training": dict(saved["training"])}
+    for key in ("model.loss_reduction", "model.label_smoothing"):
+        del older["training"][key]
+    current = {**saved, "training": {**saved["training"], "model.loss_reduction": "sum"}}
+    assert settings_differences(older, current) == []
+    current["training"]["trainer.accumulate_grad_batches"] = 2
+    assert settings_differences(older, current) == [
+        "trainer.accumulate_grad_batches: config 2, checkpoint 1"
+    ]

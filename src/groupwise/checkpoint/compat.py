@@ -198,14 +198,19 @@ def optimizer_settings(
     }
 
 
-def training_settings(trainer: Any, scheduler_interval: str | None) -> dict[str, Any]:
+def training_settings(
+    trainer: Any, scheduler_interval: str | None, loss: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The settings outside the optimizer and scheduler that decide each group's lr and
     update at a step, by their config keys: the scheduler's interval (``None`` without a
     scheduler, where it decides nothing), the gradient accumulation, the gradient clipping
     (``None`` for none: a clip value of 0 clips nothing, and the algorithm matters only
-    with a value) and the training batches per epoch (which an epoch's lr steps count)."""
+    with a value), the training batches per epoch (which an epoch's lr steps count) and
+    ``loss``: the module's loss options by key (``model.loss_reduction``: a summed loss's
+    gradient is the mean's times the batch size; ``model.label_smoothing``)."""
     clip = trainer.gradient_clip_val or None
     return {
+        **(loss or {}),
         "model.scheduler_interval": scheduler_interval,
         "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
         "trainer.gradient_clip_val": clip,
@@ -224,6 +229,8 @@ def _training_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) 
         return []
     lines = []
     for key in [*new, *(k for k in old if k not in new)]:
+        if key not in old:
+            continue  # a setting the checkpoint predates (the loss options, before 2026-12)
         config, checkpoint = new.get(key, _ABSENT), old.get(key, _ABSENT)
         if key in _ONLY_WHERE_SET and None in (config, checkpoint):
             continue  # no scheduler, or no clipping, on one side: named by its own line

@@ -60,6 +60,8 @@ class Resumable(Protocol):
     net: nn.Module
     optimizer: Any  # the optimizer factory of the groups that name none
     scheduler_interval: str
+    loss_reduction: str
+    label_smoothing: float
     extend_schedule: bool
     _trainer: Trainer | None
 
@@ -125,12 +127,16 @@ class ResumeChecks:
         none; ``filled``: its arguments filled from the run's length); when resuming, stop
         (before any state is loaded) if they differ from the checkpoint's. A length from the
         trainer may differ with ``extend_schedule`` (see ``Classifier``)."""
+        loss = {
+            "model.loss_reduction": module.loss_reduction,
+            "model.label_smoothing": float(module.label_smoothing),
+        }
         if scheduler is None:
-            training = training_settings(module.trainer, None)
+            training = training_settings(module.trainer, None, loss)
             settings = optimizer_settings(optimizer, options, None, training)
         else:
             arguments = scheduler_arguments(scheduler, options, filled)
-            training = training_settings(module.trainer, module.scheduler_interval)
+            training = training_settings(module.trainer, module.scheduler_interval, loss)
             settings = optimizer_settings(optimizer, options, arguments, training)
         self.settings = settings
         resumed, self.resumed = self.resumed, None
