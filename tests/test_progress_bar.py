@@ -82,19 +82,25 @@ def test_bad_interval():
 
 
 class LastLoss(Callback):
-    """Keeps the training loss of the latest step (what the bar should show)."""
+    """Keeps the training loss of the latest step and its number of images."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.loss = float(outputs["loss"])
+        self.loss, self.images = float(outputs["loss"]), len(batch[1])
 
 
-def test_the_bar_shows_the_loss_of_the_step_it_draws(data_dir, tmp_path):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_bar_shows_the_loss_of_the_step_it_draws(data_dir, tmp_path, reduction):
+    """Per image, as TensorBoard's train/loss: a summed loss (airbench94's) is divided by
+    the step's images, so the bar reads the same whatever the batch size."""
     last = json.dumps({"class_path": "test_progress_bar.LastLoss"})
-    cli = fit_with_bar(data_dir, tmp_path, f"--trainer.callbacks+={last}")
+    cli = fit_with_bar(
+        data_dir, tmp_path, f"--trainer.callbacks+={last}", "--model.loss_reduction", reduction
+    )
     bar = cli.trainer.progress_bar_callback
-    (last_loss,) = [c.loss for c in cli.trainer.callbacks if isinstance(c, LastLoss)]
+    (last,) = [c for c in cli.trainer.callbacks if isinstance(c, LastLoss)]
+    shown = last.loss / last.images if reduction == "sum" else last.loss
     postfix = bar.train_progress_bar.postfix
-    assert postfix.startswith(f"loss={bar.train_progress_bar.format_num(last_loss)}, v_num=")
+    assert postfix.startswith(f"loss={bar.train_progress_bar.format_num(shown)}, v_num=")
     assert "val/acc=" in postfix  # the latest validation's metrics follow
 
 

@@ -8,8 +8,10 @@ What Lightning's bars lack (checked against Lightning 2.6; ``tests/test_progress
   batch, in its loop (``_ResultCollection.metrics``), whether or not a bar is drawn or
   even enabled; ``refresh_rate`` changes nothing there. So ``Classifier`` logs
   ``train/loss`` without ``prog_bar``, and this bar reads the loss of the step it draws
-  itself (``"loss"``: the step's training loss on this process; the logged ``train/loss``
-  is the mean over DDP ranks), one read per redraw.
+  itself (``"loss"``: the step's training loss on this process, per image as the logged
+  ``train/loss``: a module whose ``loss_reduction`` is ``"sum"``, as airbench94's, has it
+  divided by the step's images; the logged ``train/loss`` is the mean over DDP ranks),
+  one read per redraw.
 - ``TQDMProgressBar(refresh_rate=N)`` redraws every N batches, and its ``_update_n``
   calls tqdm's ``refresh()``, bypassing tqdm's own ``mininterval``. A step takes about 5 ms
   on a GPU, 11 ms for LeNet-5 on the 2-core CPU, 130 ms for the fast recipe and seconds
@@ -54,7 +56,8 @@ class ProgressBar(TQDMProgressBar):
         self.interval_s = interval_s
         self._last_draw = float("-inf")
         self._loss: torch.Tensor | None = None  # the latest step's loss, not read yet
-        self._loss_scale = 1  # Lightning divides the step's loss by the accumulated batches
+        # Lightning divides the step's loss by the accumulated batches; a sum, per image
+        self._loss_scale: float = 1
         self.metric_reads = 0  # how many times the training bar read the metrics
 
     def on_train_batch_end(
@@ -68,6 +71,8 @@ class ProgressBar(TQDMProgressBar):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._loss, self._loss_scale = loss, trainer.accumulate_grad_batches
+            if getattr(pl_module, "loss_reduction", "mean") == "sum":
+                self._loss_scale /= len(batch[-1])  # (images, labels): per image
         bar, n = self.train_progress_bar, batch_idx + 1
         if bar is None or bar.disable or not self._should_update(n, bar.total):
             return
