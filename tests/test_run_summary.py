@@ -60,3 +60,30 @@ def test_test_prints_the_checkpoint_and_its_metrics(fitted):
         f"test/loss      {float(metrics['test/loss']):.4f}",
     ]
     check_tensorboard_line(lines[5], "lightning_logs/version_1")
+
+
+def test_a_fit_that_holds_out_nothing_validates_nothing_and_warns_nothing(
+    data_dir, tmp_path, monkeypatch, caplog, recwarn
+):
+    """``data.val_size 0`` (airbench94's, all images train): no validation loop, no best
+    checkpoint by ``val/acc``, none of Lightning's warnings about an empty loader or a
+    missing monitored metric; ``last.ckpt`` after every epoch; one line says so."""
+    monkeypatch.chdir(tmp_path)
+    args = quick(data_dir, Path("."), "--trainer.max_epochs", "2", "--data.val_size", "0")
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
+        cli = run(["fit", "--config", LENET, *args])
+    warned = [str(w.message) for w in recwarn]
+    assert not [w for w in warned if "DataLoader" in w or "monitored key" in w], warned
+    assert cli.trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed == 0
+    assert sorted(p.name for p in Path("lightning_logs/version_0/checkpoints").iterdir()) == [
+        "last.ckpt"
+    ]
+    lines = Path("lightning_logs/version_0/summary.txt").read_text().splitlines()
+    assert lines[1:3] == [
+        "run directory  lightning_logs/version_0",
+        "last.ckpt      lightning_logs/version_0/checkpoints/last.ckpt",
+    ]
+    assert (
+        "no validation: data.val_size is 0 (every training image trains), so no checkpoint "
+        "of the best val/acc is kept; last.ckpt is saved after every epoch"
+    ) in caplog.messages

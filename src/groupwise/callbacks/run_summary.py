@@ -85,7 +85,7 @@ def fit_lines(trainer: Trainer) -> list[tuple[str, str]]:
     """The best and the last checkpoint of a fit, as (label, text) rows."""
     rows = []
     callbacks = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    monitored = [c for c in callbacks if c.monitor]
+    monitored = [c for c in callbacks if c.monitor and c.save_top_k != 0]  # 0: turned off
     if monitored:
         best = monitored[0]
         if best.best_model_path and best.best_model_score is not None:

@@ -6,7 +6,8 @@ range test, ``GroupwiseTrainer.lr_find``) is added beside them. What it lacks an
 the CLI's automatic ``configure_optimizers`` is turned off (it would make one anonymous
 parameter group), and two callbacks are always present, each configurable from YAML under
 its own key: ``checkpoint`` (the best epoch by ``val/acc``), ``last_checkpoint``
-(``last.ckpt``, rewritten every epoch), ``lr_monitor`` (every named group's lr, momentum
+(``last.ckpt``, rewritten every epoch; with ``data.val_size 0`` there is no validation
+and no best checkpoint, see ``no_validation``), ``lr_monitor`` (every named group's lr, momentum
 and weight decay at the scheduler's own interval), ``group_stats`` (each group's gradient
 norm, parameter norm and update ratio every N steps) and ``confusion_matrix`` (an image
 at each validation end).
@@ -218,6 +219,8 @@ class GroupwiseCLI(LightningCLI):
     def before_fit(self) -> None:
         self.trainer.callbacks.append(RecordConfigFiles(self.config_files()))
         self.resolve_last_checkpoint()
+        if getattr(self.datamodule, "val_size", None) == 0:
+            no_validation(self.trainer)
 
     before_validate = before_test = resolve_last_checkpoint
 
@@ -235,6 +238,22 @@ class GroupwiseCLI(LightningCLI):
             run_folders.remove_if_not_started()
             raise
         leave_process_group()
+
+
+def no_validation(trainer: Trainer) -> None:
+    """A fit that holds out no images (``data.val_size 0``, as airbench94 trains on all
+    50,000): no validation loop (``limit_val_batches`` 0, so no sanity check either) and no
+    checkpoint of the best ``val/...`` (``save_top_k`` 0); ``last.ckpt`` is still saved
+    after every epoch. Without this Lightning warns that the validation loader is empty,
+    and at every epoch end that ``val/acc`` was never logged."""
+    trainer.limit_val_batches = 0
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor and callback.monitor.startswith("val/"):
+            callback.save_top_k = 0
+    rank_zero_info(
+        "no validation: data.val_size is 0 (every training image trains), so no checkpoint "
+        "of the best val/acc is kept; last.ckpt is saved after every epoch"
+    )
 
 
 def leave_process_group() -> None:
