@@ -17,11 +17,13 @@ augmentation), through Lightning against the script's loop written out here.
   after four steps, everything else stays within 5e-7 (2026-12-06; ``eps`` 0 on both
   sides changes none of it).
 
-The script's code below (``zeropower_via_newtonschulz5``, ``Muon``, the optimizer set-up
-and the loop) is copied from airbench94_muon.py (github KellerJordan/cifar10-airbench, MIT
-licence), without ``torch.compile``, the timing and the evaluation, its step counts those
-of these short runs (``whiten_bias_train_steps`` 3 epochs of the run's batches, as the
-config's ``schedule:``, which then ends after the run: a warning).
+The script's side: its ``Muon`` (with ``zeropower_via_newtonschulz5``) from the CPU port,
+``scripts/airbench94_cpu.py`` (the original's code, its Newton-Schulz dtype a parameter),
+and its optimizer set-up and loop written out below from airbench94_muon.py (github
+KellerJordan/cifar10-airbench, MIT licence), without ``torch.compile``, the timing, the
+augmentation and the evaluation, its step counts those of these short runs
+(``whiten_bias_train_steps`` 3 epochs of the run's batches, as the config's ``schedule:``,
+which then ends after the run: a warning).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import lightning as L
 import torch
 from airbench_recipe import TINY, recipe_config
 from cli_run import quick
+from script_module import script_module
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -39,47 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from groupwise.cli import run
 
 STEPS = 4
-
-
-def zeropower_via_newtonschulz5(G, steps=3, eps=1e-7, dtype=torch.bfloat16):  # L32-L54
-    assert len(G.shape) == 2
-    a, b, c = (3.4445, -4.7750, 2.0315)
-    X = G.to(dtype)  # the script: G.bfloat16()
-    X /= X.norm() + eps
-    if G.size(0) > G.size(1):
-        X = X.T
-    for _ in range(steps):
-        A = X @ X.T
-        B = b * A + c * A @ A
-        X = a * X + B @ X
-    if G.size(0) > G.size(1):
-        X = X.T
-    return X
-
-
-class ScriptMuon(torch.optim.Optimizer):  # airbench94_muon.py L56-L85
-    def __init__(self, params, lr=1e-3, momentum=0, nesterov=False, dtype=torch.bfloat16):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov))
-        self.dtype = dtype  # of the Newton-Schulz iteration: the script's is bfloat16
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                buf.mul_(momentum).add_(g)
-                g = g.add(buf, alpha=momentum) if group["nesterov"] else buf
-                p.data.mul_(len(p.data) ** 0.5 / p.data.norm())
-                update = zeropower_via_newtonschulz5(g.reshape(len(g), -1), dtype=self.dtype)
-                update = update.view(g.shape)
-                p.data.add_(update, alpha=-lr)
+ScriptMuon = script_module("airbench94_cpu").Muon  # airbench94_muon.py L56-L85
 
 
 def script_training(
@@ -102,7 +65,7 @@ def script_training(
         dict(params=[model.head.weight], lr=head_lr, weight_decay=wd / head_lr),
     ]
     optimizer1 = torch.optim.SGD(param_configs, momentum=0.85, nesterov=True)
-    optimizer2 = ScriptMuon(filter_params, lr=0.24, momentum=0.6, nesterov=True, dtype=dtype)
+    optimizer2 = ScriptMuon(filter_params, lr=0.24, momentum=0.6, nesterov=True, ns_dtype=dtype)
     optimizers = [optimizer1, optimizer2]
     for opt in optimizers:
         for group in opt.param_groups:

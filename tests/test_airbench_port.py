@@ -4,9 +4,7 @@ counts the FLOPs its docstring says it counts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,22 +12,11 @@ import torch
 from fake_cifar import write_image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from script_module import script_module
 
 from groupwise.data.cifar10 import CIFAR10DataModule, seeded_permutation
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "airbench94_cpu.py"
-
-
-def load_script():
-    """The script as a module (``scripts/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("airbench94_cpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-port = load_script()
+port = script_module("airbench94_cpu")
 
 
 @pytest.fixture(scope="module")

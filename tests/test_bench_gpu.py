@@ -4,29 +4,16 @@ table and record) on the CPU, so that the script works the first time a GPU is t
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from script_module import SCRIPTS, script_module
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 AIRBENCH = SCRIPTS.parent / "configs" / "airbench94.yaml"
 
-
-def load(name: str):
-    """A script of ``scripts/`` as a module (``scripts/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_gpu = load("bench_gpu")  # puts scripts/ on sys.path: benchmarks.* import
+bench_gpu = script_module("bench_gpu")  # puts scripts/ on sys.path: benchmarks.* import
 from benchmarks import cuda_host_sync, gpu_recipe  # noqa: E402
 from benchmarks.harness import format_table  # noqa: E402
 
