@@ -66,7 +66,10 @@ def model_of(schedule: dict | None, milestones=(1,), interval: str = "epoch") ->
     )
 
 
-def fit(model: Classifier, epochs: int = 3, accumulate: int = 1, **trainer_args) -> Record:
+def fit(
+    model: Classifier, epochs: int = 3, accumulate: int = 1, validate: bool = False, **trainer_args
+) -> Record:
+    """``model`` fitted on the 8 images (and validated on them each epoch, ``validate``)."""
     torch.manual_seed(0)
     images, labels = torch.randn(IMAGES, 3, 5, 5), torch.randint(0, 2, (IMAGES,))
     record = Record()
@@ -78,7 +81,8 @@ def fit(model: Classifier, epochs: int = 3, accumulate: int = 1, **trainer_args)
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="lightning")  # its remarks on the tiny data
-        trainer.fit(model, DataLoader(TensorDataset(images, labels), batch_size=BATCH))
+        loader = DataLoader(TensorDataset(images, labels), batch_size=BATCH)
+        trainer.fit(model, loader, loader if validate else None)
     return record
 
 
@@ -164,6 +168,25 @@ def test_a_parameter_frozen_by_someone_else_stays_frozen_while_its_group_s_curve
     assert [g["filters"] for g in record.requires_grad] == [True] * 4 + [False] * 4
     assert [g["filters"] for g in record.no_grad] == [False] * 4 + [True] * 4
     assert all(torch.equal(freezer.seen[3], later) for later in freezer.seen[4:])
+
+
+def test_reduce_lr_on_plateau_beside_a_group_schedule_reduces_only_the_other_groups():
+    """The run's ReduceLROnPlateau, stepped with val/loss at each epoch end, halves the
+    groups without a schedule of their own after each epoch without improvement (here
+    every epoch after the first: an improvement would have to exceed 1e9); ``filters``
+    follows its own curve, untouched by the plateau."""
+    plateau = functools.partial(
+        lr_scheduler.ReduceLROnPlateau, mode="max", factor=0.5, patience=0,
+        threshold=1e9, threshold_mode="abs",
+    )  # fmt: skip
+    model = model_of({"shape": "linear", "epochs": 4})
+    model.scheduler = plateau
+    record = fit(model, epochs=4, validate=True)
+    assert [lrs["filters"] for lrs in record.lrs] == [PEAK * (1 - s / 16) for s in range(16)]
+    for name in ("norm", "head"):
+        assert [lrs[name] for lrs in record.lrs] == [RUN_LR] * 8 + [RUN_LR / 2] * 4 + [
+            RUN_LR / 4
+        ] * 4
 
 
 SHAPES = st.sampled_from(["linear", "cosine", "constant", "warmup_linear", "warmup_cosine"])
