@@ -184,6 +184,11 @@ def test_script_shows_each_group_s_optimizer(tmp_path):
     assert re.search(r"name\s+optimizer\s+tensors\s+parameters\s+lr\s+weight_decay\s+momentum", out)
     ns = str(auto_ns_dtype(torch.device("cpu"))).removeprefix("torch.")  # this CPU's choice
     assert re.search(rf"features\s+Muon \(ns {ns}\)\s+2\s+2,850\s+0.02\s+0.1\s+0.95\n", out)
+    # the plan runs on this machine's CPU; a fit decides ns_dtype auto on its own device
+    assert (
+        f"ns: Muon's ns_dtype auto is {ns} on this machine's CPU; a fit decides it on its own"
+        " device (bfloat16 on a GPU of compute capability 8.0 or newer)"
+    ) in out
     assert re.search(r"classifier\s+SGD\s+6\s+59,134\s+0.1\s+0.0005\s+0.9\n", out)
     assert re.search(r"default\s+SGD\s+2\s+22\s+0.01\s+0.0005\s+0.9\n", out)
     assert re.search(r"\n1\s+0.01\s+0.05\s+0.005\n", out)  # each group halved at epoch 1

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -40,6 +41,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from groupwise.cli import GroupwiseCLI, run
 from groupwise.errors import ConfigError
 from groupwise.optim.group_schedule import GroupSchedules, scheduled_indices
+from groupwise.optim.muon import auto_ns_dtype
 from groupwise.optim.param_groups import describe_optimizer, format_table, parameter_names
 
 Schedule = dict[str, list[float]]  # group name -> lr at each epoch (or step), 0-based
@@ -243,6 +245,20 @@ def quiet_lightning() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def auto_ns_note(optimizer: Any) -> str | None:
+    """The line under the group table when a Muon's ``ns_dtype`` is ``auto``: the table
+    shows this machine's CPU's choice (the plan builds the net there), which a fit on
+    another device may not make (``groupwise.optim.muon.auto_ns_dtype``)."""
+    optimizers = getattr(optimizer, "group_optimizers", [optimizer])
+    if not any(getattr(child, "ns_dtype", None) == "auto" for child in optimizers):
+        return None
+    here = str(auto_ns_dtype(torch.device("cpu"))).removeprefix("torch.")
+    return (
+        f"ns: Muon's ns_dtype auto is {here} on this machine's CPU; a fit decides it on its own"
+        " device (bfloat16 on a GPU of compute capability 8.0 or newer)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the group table and the lr table of a config; optionally save the lr plot."""
     parser = argparse.ArgumentParser(
@@ -270,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{type(optimizer).__name__} parameter groups:")
     names = parameter_names(cli.model.net)
     print(format_table(describe_optimizer(optimizer, names)))
+    if note := auto_ns_note(optimizer):
+        print(note)
     schedule = lr_schedule(
         optimizer, setup.scheduler, epochs * per_epoch, setup.frequency, setup.group_schedules
     )
