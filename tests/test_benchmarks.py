@@ -23,6 +23,8 @@ SCRIPTS = ROOT / "scripts"
 DOCS = [ROOT / "docs" / "benchmarks.md", ROOT / "README.md"]
 #: a command as the docs write it, up to the closing backtick (``NAME``: the usage line)
 COMMAND = re.compile(r"bash scripts/bench\.sh ([a-z][a-z0-9_]*)([^`\n]*)")
+#: a benchmark run by a shell script of scripts/ (up to a pipe, ``&`` or the line's end)
+SCRIPT_COMMAND = re.compile(r"scripts/bench\.py ([a-z][a-z0-9_]*)([^&|;\n]*)")
 
 
 @pytest.fixture
@@ -36,11 +38,14 @@ def bench(monkeypatch):
 
 
 def documented() -> list[tuple[str, str, list[str]]]:
-    """(where, name, arguments) of every ``bash scripts/bench.sh NAME ...`` in the docs."""
+    """(where, name, arguments) of every ``bash scripts/bench.sh NAME ...`` in the docs and
+    every ``scripts/bench.py NAME ...`` in the shell scripts (``airbench_pair.sh``)."""
     found = []
-    for page in DOCS:
+    pages = [(page, COMMAND) for page in DOCS]
+    pages += [(script, SCRIPT_COMMAND) for script in sorted(SCRIPTS.glob("*.sh"))]
+    for page, command in pages:
         for number, line in enumerate(page.read_text().splitlines(), 1):
-            for match in COMMAND.finditer(line):
+            for match in command.finditer(line):
                 where = f"{page.relative_to(ROOT)}:{number}"
                 found.append((where, match[1], shlex.split(match[2])))
     return found
