@@ -100,6 +100,7 @@ def test_the_shipped_file_has_the_benchmarks_numbers():
     }
 
 
+@pytest.mark.slow  # ~50 s on 2 cores (30 steps watched op by op); CI runs it
 def test_ordinary_training_steps_of_the_recipe_make_no_host_read(data_dir, tmp_path):
     """tests/test_host_sync.py's check on this recipe: Muon, the summed loss, the reflect
     crop and the alternating flip read nothing on the host and make no tensor from Python
