@@ -28,7 +28,7 @@ import pytest
 import torch
 from cli_run import LENET, quick
 from fault_injection import Killed
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import HealthCheck, event, example, given, seed, settings
 from hypothesis import strategies as st
 from test_resume import assert_same_state, same
 
@@ -310,9 +310,12 @@ REFUSED = {
     "label smoothing": (["--model.label_smoothing", "0.1"], "model.label_smoothing"),
     "group lr scale": (["--model.param_groups", json.dumps(
         [{"name": "features", "modules": ["features"]},
-         {"name": "classifier", "modules": ["classifier"], "lr_scale": 5}])],
+         {"name": "classifier", "modules": ["classifier"], "lr_scale": 3}])],
         "group classifier: lr"),
 }  # fmt: skip
+# lenet.yaml's classifier lr_scale is 10 (lr 0.01 x 10 = 0.1); a scale of 3 changes the
+# classifier's lr with or without the "lr" change (0.03, or 0.02 x 3 = 0.06). A scale of 5
+# made the pair ("lr", "group lr scale") no change to the classifier at all (0.02 x 5 = 0.1).
 ALLOWED = {
     "log interval": ["--trainer.log_every_n_steps", "3"],
     "progress bar": ["--trainer.enable_progress_bar", "true"],
@@ -372,6 +375,7 @@ changes = st.tuples(
 @seed(21)
 @settings(QUICK, max_examples=15)
 @given(changes=changes)
+@example(changes=(["lr", "group lr scale"], []))  # both groups' lr change, each named
 def test_a_resume_refuses_each_change_of_the_trajectory_and_allows_the_rest(
     runs, saved_run, changes
 ):

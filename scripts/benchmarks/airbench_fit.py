@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-size", type=int, default=10_000, help="training images held out")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument(
+        "--batch-size", type=int, default=None, help="data.batch_size (default: the config's)"
+    )
+    parser.add_argument(
+        "--whitening-images", type=int, default=None,
+        help="at most this many images for WhiteningInit (default: the config's 5000)",
+    )  # fmt: skip
+    parser.add_argument(
         "--root-dir", default="lightning_logs/airbench_fit", help="the fit's default_root_dir"
     )
 
@@ -42,6 +49,7 @@ def run(args: argparse.Namespace, record: Record) -> None:
         args.seed, data_dir=args.data_dir, root=args.root_dir, precision="32-true",
         accelerator="cpu", epochs=args.epochs, val_size=args.val_size,
         split_seed=args.split_seed, compile=False, eager_compile=False,
+        batch_size=args.batch_size, whitening_images=args.whitening_images,
     )  # fmt: skip
     result = gpu_recipe.timed_fit(args.seed, fit)
     record.add("groupwise", result)
