@@ -55,6 +55,7 @@ def steady(faults: list[int]) -> float:
     return statistics.median(faults[6:15])
 
 
+@pytest.mark.slow  # ~13 s: a fit in a child process, its page faults read per step
 def test_a_cpu_fit_touches_no_fresh_host_memory_per_step(images_2000, tmp_path):
     # With glibc's adaptive thresholds (kept by MALLOC_ARENA_MAX, which sets no threshold)
     # the same fit faults on the order of 10,000 times per step on the machines we use.
@@ -62,6 +63,7 @@ def test_a_cpu_fit_touches_no_fresh_host_memory_per_step(images_2000, tmp_path):
     assert steady(faults) < 50, f"minor page faults per step: {faults}"
 
 
+@pytest.mark.slow  # ~13 s: a fit in a child process, its page faults read per step
 def test_an_allocator_configured_by_the_environment_is_left_alone(images_2000, tmp_path):
     # glibc's adaptive thresholds fault in bursts: a step maps thousands of pages afresh,
     # the next one or two none (one run: 0, 0, 1949, 3844, 0, 0, 10540, 3783, 2), so the

@@ -15,7 +15,7 @@ optimizer, the scheduler or the trainer that alters the trajectory is refused, t
 naming that setting; a change of logging or display settings (log interval, progress bar,
 model summary) resumes.
 
-The quick suite runs few examples (a fixed seed, so always the same cases, within ~90 s
+The quick suite runs few examples (a fixed seed, so always the same cases, within ~60 s
 for both properties); the ``slow`` variants (CI) run more.
 """
 
@@ -48,7 +48,7 @@ SCHEDULE = [
 ]  # fmt: skip
 LAST = "lightning_logs/version_0/checkpoints/last.ckpt"
 QUICK = settings(
-    max_examples=10,
+    max_examples=5,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -29,6 +29,7 @@ def load_study(root: Path) -> optuna.Study:
     return optuna.load_study(study_name="space", storage=f"sqlite:///{root}/sweep/study.db")
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: three trials' fits and a continued study
 def test_sweep_writes_the_table_best_yaml_plots_and_hparams_and_continues(data_dir, tmp_path):
     space = {LR: {"log_float": [0.01, 0.1]}, SCALE: {"float": [1, 10]}}
     done = sweep(data_dir, tmp_path, space, "--trials", "2")
